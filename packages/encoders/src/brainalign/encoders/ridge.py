@@ -8,32 +8,60 @@ or, with ``alpha_convention="huth"``, ``lam = alpha²`` and, with ``normalize_al
 ``lam = (alpha * sigma_max)²`` where ``sigma_max`` is the largest singular value of the
 (centred) training design, as in the Huth-lab ``ridge_corr`` / ``bootstrap_ridge`` code.
 
-Algorithm. Per fold, the Y-independent work is one eigendecomposition, done once per feature
-space and reused for every target batch and every alpha:
+Algorithm. Per fold, the Y-independent work is one decomposition, done once per feature space
+and reused for every target batch and every alpha:
 
 * primal (``n_features <= n_train``): ``Xtr'Xtr = V diag(s) V'``, ``L = Xtr V``, ``A = Xval V``;
 * dual (``n_features > n_train``): ``Xtr Xtr' = U diag(s) U'``, ``L = U``, ``A = Xval Xtr' U``.
 
-Then ``B = L' Ytr`` (one matmul per target batch) and the validation predictions for penalty
-``lam`` are ``A diag(1 / (s + lam)) B`` — a single ``(n_val, r) x (r, n_targets)`` matmul per
-alpha, with no weights formed. The refit on all samples uses the same form with a different
-penalty per target: ``W = R (B / (s + lam_t))`` with ``R = V`` (primal) or ``Xc' U`` (dual).
+Then ``B = L' Ytr`` (one matmul per target batch) and the validation predictions for every
+penalty at once are one matmul ``[A diag(1/(s + lam_1)); ...; A diag(1/(s + lam_k))] B`` of
+shape ``(n_alphas * n_val, r) x (r, n_targets)``, with no weights formed. The refit on all
+samples uses the same form with a different penalty per target: ``W = R (B / (s + lam_t))``
+with ``R = V`` (primal) or ``Xc' U`` (dual), so weights are never formed for unused alphas.
+
+Flops per fold (``r = min(n_features, n_train)``): ``2 n_train p r`` (Gram) + ``~9 r³``
+(eigendecomposition) + ``2 (n_train + n_val) p r`` (``L``, ``A``) + ``2 n_train r t`` (``B``) +
+``2 n_alphas n_val r t`` (predictions); refit: the same decomposition on all samples plus
+``2 n r t + 2 p r t``. See ``benchmarks/bench_ridge.py``.
+
+Numerics. The large matmuls run in the input precision (float32 by default; float64 when the
+inputs are float64 *and* ``jax_enable_x64`` is on), at ``precision="highest"`` so GPUs/TPUs do
+not silently drop to TF32/bfloat16. The decompositions are the ill-conditioned part: squaring
+``X`` into a Gram matrix squares its condition number. With ``decomposition="eigh"`` (default)
+the Gram matrix and its eigendecomposition are computed in float64 whenever ``jax_enable_x64``
+is on (even for float32 data), else in float32 with negative round-off eigenvalues clamped to
+zero. ``decomposition="svd"`` takes the SVD of the centred design itself in the working
+precision, which never squares the condition number (about 3x slower decompositions); use it
+for badly conditioned designs when float64 is not enabled.
+
+Devices and memory. Targets are processed in batches whose size comes from a memory budget
+(default: a fraction of the device's memory) and are sharded over a ``jax.sharding.Mesh`` of
+all devices (see :mod:`brainalign.encoders.sharding`). All decompositions stay on the devices;
+the fold-score accumulators stay on the devices between folds; each batch costs two dispatches
+(cross-validation, then selection and refit) and one transfer of its results to the host.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from functools import partial
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from .scoring import SCORERS
+from .sharding import TARGETS, check_mesh, replicate, shard_targets, to_host
 from .validation import as_float_array, check_alphas, check_folds
 
 Score = Literal["r2", "r", "neg_mse"]
 Convention = Literal["sklearn", "huth"]
+Decomposition = Literal["eigh", "svd"]
 
 
 class RidgeFit(NamedTuple):
@@ -69,67 +97,137 @@ def _penalties(alphas: jax.Array, s: jax.Array, convention: str, normalize: bool
     return lam * jnp.max(s) if normalize else lam
 
 
-def _eigh_psd(G: jax.Array) -> tuple[jax.Array, jax.Array]:
-    s, V = jnp.linalg.eigh(G)
+def _decompose(Xc: jax.Array, *, dual: bool, method: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Decompose a centred design ``Xc (m, p)``.
+
+    Returns ``s (r,)``, the eigenvalues of the Gram matrix (clamped at 0), ``L (m, r)`` with
+    ``L' y`` the projection of targets and ``R (p, r)`` with weights ``R (B / (s + lam))``.
+    Primal: ``L = Xc V``, ``R = V``; dual: ``L = U``, ``R = Xc' U``.
+    """
+    dtype = Xc.dtype
+    if method == "svd":
+        U, sv, Vt = jnp.linalg.svd(Xc, full_matrices=False)
+        s = sv * sv
+        if dual:
+            return s, U, Vt.T * sv
+        return s, U * sv, Vt.T
+    # "eigh" (working precision) or "eigh64" (float64 Gram and eigendecomposition; needs x64)
+    Xd = Xc.astype(jnp.float64) if method == "eigh64" else Xc
+    G = Xd @ Xd.T if dual else Xd.T @ Xd
+    s, Q = jnp.linalg.eigh(G)
     # round-off makes tiny eigenvalues of a PSD matrix negative; they must not flip signs
-    return jnp.clip(s, 0.0, None), V
+    s, Q = jnp.clip(s, 0.0, None).astype(dtype), Q.astype(dtype)
+    if dual:
+        return s, Q, Xc.T @ Q
+    return s, Xc @ Q, Q
 
 
-@partial(jax.jit, static_argnames=("fit_intercept", "dual"))
-def _fold_basis(X, tr_idx, tr_w, va_idx, va_w, *, fit_intercept: bool, dual: bool) -> _Basis:
-    w = tr_w[:, None]
+def _fold_basis(X, tr_idx, tr_w, va_idx, va_w, *, fit_intercept: bool, dual: bool, method: str) -> _Basis:
+    w = tr_w[:, None].astype(X.dtype)
     Xtr = X[tr_idx] * w
     if fit_intercept:
-        x_mean = Xtr.sum(0) / tr_w.sum()
+        x_mean = Xtr.sum(0) / tr_w.sum().astype(X.dtype)
         Xtr = (Xtr - x_mean) * w  # padded rows stay exactly zero
     else:
         x_mean = jnp.zeros(X.shape[1], X.dtype)
-    Xva = (X[va_idx] - x_mean) * va_w[:, None]
-    if dual:
-        s, U = _eigh_psd(Xtr @ Xtr.T)
-        return _Basis(s, U, (Xva @ Xtr.T) @ U, x_mean)
-    s, V = _eigh_psd(Xtr.T @ Xtr)
-    return _Basis(s, Xtr @ V, Xva @ V, x_mean)
+    Xva = (X[va_idx] - x_mean) * va_w[:, None].astype(X.dtype)
+    s, L, R = _decompose(Xtr, dual=dual, method=method)
+    return _Basis(s, L, Xva @ R, x_mean)
 
 
-@partial(jax.jit, static_argnames=("fit_intercept", "score", "convention", "normalize"))
-def _fold_scores(
-    basis: _Basis, Y, tr_idx, tr_w, va_idx, va_w, alphas, *, fit_intercept, score, convention, normalize
-) -> jax.Array:
-    w = tr_w[:, None]
-    Ytr = Y[tr_idx] * w
-    y_mean = Ytr.sum(0) / tr_w.sum() if fit_intercept else jnp.zeros(Y.shape[1], Y.dtype)
-    Ytr = (Ytr - y_mean) * w
-    Yva = Y[va_idx]
-    B = basis.L.T @ Ytr  # (r, t)
-    scorer = SCORERS[score]
-    lams = _penalties(alphas, basis.s, convention, normalize).astype(Y.dtype)
-
-    def one(lam):
-        pred = (basis.A / (basis.s + lam)) @ B + y_mean
-        return scorer(Yva, pred, va_w)
-
-    return jax.lax.map(one, lams)  # (n_alphas, t)
-
-
-@partial(jax.jit, static_argnames=("fit_intercept", "dual"))
-def _full_basis(X, *, fit_intercept: bool, dual: bool) -> _Basis:
+def _full_basis(X, *, fit_intercept: bool, dual: bool, method: str) -> _Basis:
     x_mean = X.mean(0) if fit_intercept else jnp.zeros(X.shape[1], X.dtype)
-    Xc = X - x_mean
-    if dual:
-        s, U = _eigh_psd(Xc @ Xc.T)
-        return _Basis(s, U, Xc.T @ U, x_mean)
-    s, V = _eigh_psd(Xc.T @ Xc)
-    return _Basis(s, Xc @ V, V, x_mean)
+    s, L, R = _decompose(X - x_mean, dual=dual, method=method)
+    return _Basis(s, L, R, x_mean)
 
 
-@partial(jax.jit, static_argnames=("fit_intercept", "convention", "normalize"))
+def _fold_scores(basis: _Basis, Y, tr_idx, tr_w, va_idx, va_w, alphas, *, fit_intercept, score, convention, normalize):
+    """Validation scores ``(n_alphas, t)`` of one fold and one feature space."""
+    w = tr_w[:, None].astype(Y.dtype)
+    Ytr = Y[tr_idx]
+    if fit_intercept:
+        y_mean = (Ytr * w).sum(0) / tr_w.sum().astype(Y.dtype)
+        Ytr = (Ytr - y_mean) * w
+    else:
+        y_mean = jnp.zeros(Y.shape[1], Y.dtype)
+        Ytr = Ytr * w
+    B = basis.L.T @ Ytr  # (r, t)
+    lams = _penalties(alphas, basis.s, convention, normalize).astype(Y.dtype)
+    n_alphas, (n_val, r) = lams.shape[0], basis.A.shape
+    # every alpha in one matmul: rows are (alpha, validation sample)
+    As = basis.A[None] / (basis.s[None, None, :] + lams[:, None, None])
+    pred = (As.reshape(n_alphas * n_val, r) @ B).reshape(n_alphas, n_val, -1) + y_mean
+    return SCORERS[score](Y[va_idx], pred, va_w)
+
+
 def _refit(basis: _Basis, Y, best_alpha, *, fit_intercept, convention, normalize):
     y_mean = Y.mean(0) if fit_intercept else jnp.zeros(Y.shape[1], Y.dtype)
     B = basis.L.T @ (Y - y_mean)  # (r, t)
     lam = _penalties(best_alpha, basis.s, convention, normalize).astype(Y.dtype)
     W = basis.A @ (B / (basis.s[:, None] + lam[None, :]))  # (p, t)
     return W, y_mean - basis.x_mean @ W
+
+
+class _Programs(NamedTuple):
+    fold_bases: object
+    full_basis: object
+    cv_step: object
+    select_refit: object
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(
+    mesh: Mesh, *, fit_intercept: bool, dual: bool, method: str, score: str, convention: str, normalize: bool
+) -> _Programs:
+    """The four compiled programs of one problem configuration, sharded over ``mesh``.
+
+    Decompositions are replicated (every device computes them from the replicated design);
+    everything that touches targets runs under ``shard_map`` on each device's own columns.
+    """
+    rep, t2, t3 = P(), P(None, TARGETS), P(None, None, TARGETS)
+    smap = partial(jax.shard_map, mesh=mesh, check_vma=False)
+    basis_fn = partial(_fold_basis, fit_intercept=fit_intercept, dual=dual, method=method)
+
+    def fold_bases(X, tr_idx, tr_w, va_idx, va_w):
+        # folds one after another (lax.map) so only one fold's Gram matrix is alive at a time
+        one = jax.vmap(basis_fn, in_axes=(0, None, None, None, None))
+        return jax.lax.map(lambda f: one(X, *f), (tr_idx, tr_w, va_idx, va_w))
+
+    def full_basis(X):
+        return jax.vmap(partial(_full_basis, fit_intercept=fit_intercept, dual=dual, method=method))(X)
+
+    scores = jax.vmap(
+        partial(_fold_scores, fit_intercept=fit_intercept, score=score, convention=convention, normalize=normalize),
+        in_axes=(0, None, None, None, None, None, None),
+    )
+
+    def cv_step(bases, Y, acc, tr_idx, tr_w, va_idx, va_w, fold_w, alphas):
+        def body(acc, f):
+            basis, ti, tw, vi, vw, fw = f
+            return acc + fw * scores(basis, Y, ti, tw, vi, vw, alphas), None
+
+        return jax.lax.scan(body, acc, (bases, tr_idx, tr_w, va_idx, va_w, fold_w))[0]
+
+    refit = jax.vmap(
+        partial(_refit, fit_intercept=fit_intercept, convention=convention, normalize=normalize),
+        in_axes=(0, None, 0),
+    )
+
+    def select_refit(full, Y, acc, alphas, inv_n_folds):
+        cv = acc * inv_n_folds
+        best = jnp.argmax(cv, axis=1)  # (n_spaces, t): the first maximum wins ties
+        best_alpha = alphas[best]
+        W, c = refit(full, Y, best_alpha)
+        return W, c, best_alpha, cv
+
+    return _Programs(
+        fold_bases=jax.jit(smap(fold_bases, in_specs=rep, out_specs=rep)),
+        full_basis=jax.jit(smap(full_basis, in_specs=rep, out_specs=rep)),
+        cv_step=jax.jit(smap(cv_step, in_specs=(rep, t2, t3, rep, rep, rep, rep, rep, rep), out_specs=t3)),
+        select_refit=jax.jit(
+            smap(select_refit, in_specs=(rep, t2, t3, rep, rep), out_specs=(t3, t2, t2, t3))
+        ),
+    )
 
 
 def _pad_index_sets(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -144,44 +242,80 @@ def _pad_index_sets(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def default_memory_budget() -> int:
-    """Bytes that one fit may use on the default device: 40% of a GPU/TPU's memory limit,
-    or 25% of the host's physical memory on CPU."""
-    dev = jax.devices()[0]
-    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    """Bytes that one fit may use per device: 40% of a GPU/TPU's memory limit, or 25% of the
+    host's physical memory on CPU."""
+    dev = jax.local_devices()[0]
+    try:
+        stats = dev.memory_stats()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        stats = None
     if stats and stats.get("bytes_limit"):
         return int(0.4 * stats["bytes_limit"])
     try:
-        import os
-
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         total = 8 << 30
     return int(0.25 * total)
 
 
+class _Plan(NamedTuple):
+    fold_chunk: int  # fold decompositions held on the device at once
+    batch_size: int  # targets per batch, over all devices (a multiple of n_devices)
+    budget: int
+
+
+def _plan(
+    *, n_spaces, n_samples, n_features, n_train, n_val, n_alphas, n_folds, n_targets, itemsize,
+    memory_budget, n_devices=1, wide_decomposition=False,
+) -> _Plan:
+    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
+    if budget <= 0:
+        raise ValueError(f"memory_budget: expected a positive number of bytes, got {budget}")
+    p, S = n_features, n_spaces
+    r = min(p, max(n_train, 1))
+    r_full = min(p, n_samples)
+    dec_item = 8 if wide_decomposition else itemsize
+    # replicated on every device: the designs, the full-data basis, one decomposition's
+    # temporaries (centred copy, Gram matrix, eigenvectors) and the per-alpha scaled A
+    base = itemsize * S * (n_samples * p + n_samples * r_full + p * r_full + n_samples * p)
+    base += dec_item * S * 2 * max(r, r_full) ** 2 + itemsize * S * n_alphas * n_val * r
+    per_fold = itemsize * S * (n_train * r + n_val * r + r + p)
+    # per target and device: the Y batch, its training/validation slices, B, the predictions
+    # of every alpha (and a fused temporary), scores and accumulators, the refitted weights
+    per_target = itemsize * (
+        n_samples + n_train + n_val + S * (3 * r + p + 2 * n_alphas * n_val + 4 * n_alphas + 2)
+    )
+    fold_chunk = int(min(n_folds, max(1, (budget // 2 - base) // max(per_fold, 1))))
+    room = budget - base - fold_chunk * per_fold
+    if room < per_target:
+        need = base + per_fold + per_target
+        raise ValueError(
+            f"memory_budget: {budget} bytes per device cannot hold this problem's decompositions "
+            f"({base + per_fold} bytes for {S} space(s)) plus one target ({per_target} bytes); "
+            f"raise it to at least {need} bytes or fit fewer spaces at once"
+        )
+    per_device = int(min(room // per_target, -(-n_targets // n_devices)))
+    return _Plan(fold_chunk, max(1, per_device) * n_devices, budget)
+
+
 def target_batch_size(
     *, n_spaces: int, n_samples: int, n_features: int, n_train: int, n_val: int, n_alphas: int,
     n_folds: int, n_targets: int, itemsize: int = 4, memory_budget: int | None = None,
+    n_devices: int = 1,
 ) -> int:
-    """Number of targets per batch so that one batch of the fit stays within ``memory_budget``.
+    """Number of targets per batch (over ``n_devices`` devices) so that one batch of the fit
+    stays within ``memory_budget`` bytes per device.
 
-    Fixed cost: the decompositions of one fold and of the full data (``L``, ``A``) per space.
-    Per-target cost: training/validation slices of Y, ``B``, two prediction buffers, the
-    scores of every fold and alpha, and the refitted weights.
+    Fixed cost per device: the designs, the decompositions of the full data and of as many
+    folds as fit in half the budget. Per-target cost: the batch of Y and its slices, ``B``, the
+    validation predictions of every alpha, scores and accumulators, and the refitted weights.
+    Raises ``ValueError`` (naming ``memory_budget``) when not even one target fits.
     """
-    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
-    r = min(n_features, max(n_train, 1))
-    fixed = itemsize * n_spaces * (n_train * r + n_val * r + n_samples * r + n_features * r)
-    per_target = itemsize * (
-        n_samples + n_spaces * (n_train + 3 * n_val + 2 * r + n_features + n_alphas * (n_folds + 1))
-    )
-    room = budget - fixed
-    if room < per_target:
-        raise ValueError(
-            f"memory_budget: {budget} bytes cannot hold the decompositions of this problem "
-            f"({fixed} bytes) plus one target ({per_target} bytes); raise it or fit fewer spaces at once"
-        )
-    return int(max(1, min(n_targets, room // per_target)))
+    return _plan(
+        n_spaces=n_spaces, n_samples=n_samples, n_features=n_features, n_train=n_train, n_val=n_val,
+        n_alphas=n_alphas, n_folds=n_folds, n_targets=n_targets, itemsize=itemsize,
+        memory_budget=memory_budget, n_devices=n_devices,
+    ).batch_size
 
 
 def fit_ridge_cv(
@@ -196,6 +330,9 @@ def fit_ridge_cv(
     normalize_alpha: bool = False,
     memory_budget: int | None = None,
     batch_size: int | None = None,
+    decomposition: Decomposition = "eigh",
+    mesh: Mesh | None = None,
+    precision: str = "highest",
 ) -> RidgeFit:
     """Fit ridge regression with a cross-validated alpha for every target.
 
@@ -212,9 +349,15 @@ def fit_ridge_cv(
         (Pearson) or ``"neg_mse"``.
     alpha_convention : ``"sklearn"`` (penalty ``alpha``) or ``"huth"`` (penalty ``alpha**2``).
     normalize_alpha : with ``"huth"``, multiply alpha by the largest singular value of the design.
-    memory_budget : bytes one batch may use; default from the device (see
+    memory_budget : bytes one batch may use per device; default from the device (see
         :func:`default_memory_budget`). Targets are processed in batches that fit.
     batch_size : force the number of targets per batch (overrides ``memory_budget``).
+    decomposition : ``"eigh"`` (Gram eigendecomposition; float64 when ``jax_enable_x64`` is on)
+        or ``"svd"`` (SVD of the design; robust to ill-conditioning in float32, slower).
+    mesh : a :class:`jax.sharding.Mesh` with one axis ``"targets"`` to shard targets over;
+        default all devices (:func:`~brainalign.encoders.sharding.target_mesh`).
+    precision : matmul precision (``jax.default_matmul_precision``); ``"highest"`` keeps full
+        float32 on GPUs/TPUs, ``"default"`` allows TF32/bfloat16 passes there.
 
     Returns
     -------
@@ -227,70 +370,107 @@ def fit_ridge_cv(
     batched = X.ndim == 3
     Xs = X if batched else X[None]
     n_spaces, n, p = Xs.shape
+    if 0 in Xs.shape:
+        raise ValueError(f"X: expected non-empty (n_spaces, n_samples, n_features), got shape {X.shape}")
     if Y.shape[0] != n:
         raise ValueError(f"Y: expected {n} samples (rows) to match X, got {Y.shape[0]}")
+    if Y.shape[1] == 0:
+        raise ValueError(f"Y: expected at least one target (column), got shape {Y.shape}")
     if score not in SCORERS:
         raise ValueError(f"score: expected one of {sorted(SCORERS)}, got {score!r}")
     if alpha_convention not in ("sklearn", "huth"):
         raise ValueError(f"alpha_convention: expected 'sklearn' or 'huth', got {alpha_convention!r}")
+    if decomposition not in ("eigh", "svd"):
+        raise ValueError(f"decomposition: expected 'eigh' or 'svd', got {decomposition!r}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
     alphas_np = check_alphas(alphas)
     folds = check_folds(folds, n)
+    mesh = check_mesh(mesh)
+    n_dev = mesh.devices.size
+    x64 = bool(jax.config.jax_enable_x64)
     # float64 only when the caller enabled it in JAX; otherwise the device works in float32
-    wide = np.result_type(Xs.dtype, Y.dtype) == np.float64 and jax.config.jax_enable_x64
+    wide = np.result_type(Xs.dtype, Y.dtype) == np.float64 and x64
     dtype = np.dtype(np.float64 if wide else np.float32)
-    Xs, Y = Xs.astype(dtype, copy=False), Y.astype(dtype, copy=False)
+    method = "svd" if decomposition == "svd" else ("eigh64" if x64 else "eigh")
+    Xs = Xs.astype(dtype, copy=False)
     n_targets = Y.shape[1]
 
     tr_idx, tr_w = _pad_index_sets([f[0] for f in folds])
     va_idx, va_w = _pad_index_sets([f[1] for f in folds])
-    n_train, n_val = tr_idx.shape[1], va_idx.shape[1]
+    n_folds, n_train, n_val = len(folds), tr_idx.shape[1], va_idx.shape[1]
     dual = p > n_train
-    statics = dict(convention=alpha_convention, normalize=bool(normalize_alpha))
-
-    if batch_size is None:
-        batch_size = target_batch_size(
-            n_spaces=n_spaces, n_samples=n, n_features=p, n_train=n_train, n_val=n_val,
-            n_alphas=alphas_np.size, n_folds=len(folds), n_targets=n_targets,
-            itemsize=Xs.dtype.itemsize, memory_budget=memory_budget,
-        )
-    batch_size = int(max(1, min(batch_size, n_targets)))
-    n_batches = -(-n_targets // batch_size)
-    # pad the targets so every batch has one shape: one compiled program for all batches
-    Ypad = np.zeros((n, n_batches * batch_size), dtype=dtype)
-    Ypad[:, :n_targets] = Y
-    alphas_j = jnp.asarray(alphas_np, dtype=dtype)
-    Xj = jnp.asarray(Xs)
-
-    fold_basis = jax.vmap(partial(_fold_basis, fit_intercept=fit_intercept, dual=dual),
-                          in_axes=(0, None, None, None, None))
-    fold_scores = jax.vmap(
-        partial(_fold_scores, fit_intercept=fit_intercept, score=score, **statics),
-        in_axes=(0, None, None, None, None, None, None),
+    plan = _plan(
+        n_spaces=n_spaces, n_samples=n, n_features=p, n_train=n_train, n_val=n_val,
+        n_alphas=alphas_np.size, n_folds=n_folds, n_targets=n_targets, itemsize=dtype.itemsize,
+        memory_budget=memory_budget, n_devices=n_dev, wide_decomposition=method == "eigh64",
     )
-    cv = np.zeros((n_spaces, alphas_np.size, n_batches * batch_size), dtype=dtype)
-    for k in range(len(folds)):
-        basis = fold_basis(Xj, tr_idx[k], tr_w[k], va_idx[k], va_w[k])
+    if batch_size is None:
+        bs = plan.batch_size
+    else:  # rounded up to a multiple of the device count so every device gets equal columns
+        bs = -(-min(int(batch_size), n_targets) // n_dev) * n_dev
+    n_batches = -(-n_targets // bs)
+    chunk = plan.fold_chunk
+    n_chunks = -(-n_folds // chunk)
+    progs = _programs(
+        mesh, fit_intercept=bool(fit_intercept), dual=dual, method=method, score=score,
+        convention=alpha_convention, normalize=bool(normalize_alpha),
+    )
+
+    def y_batch(b: int) -> jax.Array:
+        # padded to one shape so one compiled program serves every batch
+        cols = Y[:, b * bs : (b + 1) * bs]
+        if cols.shape[1] < bs or cols.dtype != dtype:
+            buf = np.zeros((n, bs), dtype=dtype)
+            buf[:, : cols.shape[1]] = cols
+            cols = buf
+        return shard_targets(cols, mesh)
+
+    def fold_chunk(c: int):
+        # the last chunk is padded with repeats of fold 0 whose scores get weight 0
+        ks = np.arange(c * chunk, (c + 1) * chunk)
+        fw = (ks < n_folds).astype(dtype)
+        ks = np.where(ks < n_folds, ks, 0)
+        return tr_idx[ks], tr_w[ks], va_idx[ks], va_w[ks], fw
+
+    coef = np.empty((n_spaces, p, n_targets), dtype=dtype)
+    intercept = np.empty((n_spaces, n_targets), dtype=dtype)
+    best_alpha = np.empty((n_spaces, n_targets), dtype=dtype)
+    cv = np.empty((n_spaces, alphas_np.size, n_targets), dtype=dtype)
+
+    def collect(b: int, out) -> None:
+        t0, t1 = b * bs, min((b + 1) * bs, n_targets)
+        for dst, a in zip((coef, intercept, best_alpha, cv), out, strict=True):
+            dst[..., t0:t1] = to_host(a)[..., : t1 - t0]
+
+    with jax.default_matmul_precision(precision):
+        Xj = replicate(Xs, mesh)
+        alphas_j = replicate(alphas_np.astype(dtype), mesh)
+        inv_n = replicate(np.asarray(1.0 / n_folds, dtype=dtype), mesh)
+        acc0 = np.zeros((n_spaces, alphas_np.size, bs), dtype=dtype)
+        accs = [shard_targets(acc0, mesh) for _ in range(n_batches)]
+        y_cache = {}
+        for c in range(n_chunks):
+            ti, tw, vi, vw, fw = fold_chunk(c)
+            bases = progs.fold_bases(Xj, ti, tw, vi, vw)
+            for b in range(n_batches):
+                Yb = y_cache[b] if b in y_cache else y_batch(b)
+                if n_batches == 1:  # one batch: upload Y once for every chunk and the refit
+                    y_cache[b] = Yb
+                accs[b] = progs.cv_step(bases, Yb, accs[b], ti, tw, vi, vw, fw, alphas_j)
+            del bases
+        full = progs.full_basis(Xj)
+        pending = None
         for b in range(n_batches):
-            cols = slice(b * batch_size, (b + 1) * batch_size)
-            cv[:, :, cols] += np.asarray(
-                fold_scores(basis, jnp.asarray(Ypad[:, cols]), tr_idx[k], tr_w[k], va_idx[k], va_w[k], alphas_j)
-            )
-        del basis
-    cv /= len(folds)
-    best = np.argmax(cv, axis=1)  # (n_spaces, t_pad): first maximum wins ties
-    best_alpha = alphas_np[best].astype(dtype)
+            Yb = y_cache[b] if b in y_cache else y_batch(b)
+            out = progs.select_refit(full, Yb, accs[b], alphas_j, inv_n)
+            accs[b] = None
+            if pending is not None:  # fetch the previous batch while this one computes
+                collect(*pending)
+            pending = (b, out)
+        collect(*pending)
 
-    full = jax.vmap(partial(_full_basis, fit_intercept=fit_intercept, dual=dual))(Xj)
-    refit = jax.vmap(partial(_refit, fit_intercept=fit_intercept, **statics), in_axes=(0, None, 0))
-    coef = np.zeros((n_spaces, p, n_batches * batch_size), dtype=dtype)
-    intercept = np.zeros((n_spaces, n_batches * batch_size), dtype=dtype)
-    for b in range(n_batches):
-        cols = slice(b * batch_size, (b + 1) * batch_size)
-        W, c = refit(full, jnp.asarray(Ypad[:, cols]), jnp.asarray(best_alpha[:, cols]))
-        coef[:, :, cols], intercept[:, cols] = np.asarray(W), np.asarray(c)
-
-    t = slice(0, n_targets)
-    out = RidgeFit(coef[..., t], intercept[..., t], best_alpha[..., t], cv[..., t])
+    out = RidgeFit(coef, intercept, best_alpha, cv)
     return out if batched else RidgeFit(*(a[0] for a in out))
 
 
@@ -312,5 +492,6 @@ def predict(fit: RidgeFit, X) -> np.ndarray:
         raise ValueError(
             f"X: expected shape {(*coef.shape[:-2], 'n_samples', coef.shape[-2])}, got {X.shape}"
         )
-    out = jnp.matmul(jnp.asarray(X, coef.dtype), coef) + jnp.asarray(fit.intercept)[..., None, :]
+    with jax.default_matmul_precision("highest"):
+        out = jnp.matmul(jnp.asarray(X, coef.dtype), coef) + jnp.asarray(fit.intercept)[..., None, :]
     return np.asarray(out)

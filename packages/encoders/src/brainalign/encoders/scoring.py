@@ -22,38 +22,43 @@ def _weights(y, w):
 
 
 def weighted_r2(y_true: jax.Array, y_pred: jax.Array, w: jax.Array | None = None) -> jax.Array:
-    """R² per column with optional 0/1 row weights (padding rows get weight 0)."""
+    """R² per column with optional 0/1 row weights (padding rows get weight 0).
+
+    ``y_true (n, t)``; ``y_pred (..., n, t)`` may carry leading axes (e.g. one per alpha),
+    which the result keeps: ``(..., t)``.
+    """
     w = _weights(y_true, w)[:, None]
     n = jnp.maximum(w.sum(), 1.0)
     mean = (w * y_true).sum(0) / n
     sst = (w * (y_true - mean) ** 2).sum(0)
-    sse = (w * (y_true - y_pred) ** 2).sum(0)
+    sse = (w * (y_true - y_pred) ** 2).sum(-2)
     scale = (w * y_true**2).sum(0) / n + 1.0
     ok = sst > _TINY * scale * n
     return jnp.where(ok, 1.0 - sse / jnp.where(ok, sst, 1.0), 0.0)
 
 
 def weighted_pearson_r(y_true: jax.Array, y_pred: jax.Array, w: jax.Array | None = None) -> jax.Array:
-    """Pearson correlation per column with optional 0/1 row weights."""
+    """Pearson correlation per column with optional 0/1 row weights; shapes as :func:`weighted_r2`."""
     w = _weights(y_true, w)[:, None]
     n = jnp.maximum(w.sum(), 1.0)
     a = y_true - (w * y_true).sum(0) / n
-    b = y_pred - (w * y_pred).sum(0) / n
+    b = y_pred - (w * y_pred).sum(-2, keepdims=True) / n
     saa = (w * a * a).sum(0)
-    sbb = (w * b * b).sum(0)
-    sab = (w * a * b).sum(0)
+    sbb = (w * b * b).sum(-2)
+    sab = (w * a * b).sum(-2)
     scale_a = (w * y_true**2).sum(0) / n + 1.0
-    scale_b = (w * y_pred**2).sum(0) / n + 1.0
+    scale_b = (w * y_pred**2).sum(-2) / n + 1.0
     ok = (saa > _TINY * scale_a * n) & (sbb > _TINY * scale_b * n)
     denom = jnp.sqrt(jnp.where(ok, saa * sbb, 1.0))
     return jnp.where(ok, sab / denom, 0.0)
 
 
 def weighted_neg_mse(y_true: jax.Array, y_pred: jax.Array, w: jax.Array | None = None) -> jax.Array:
-    """Negative mean squared error per column with optional 0/1 row weights."""
+    """Negative mean squared error per column with optional 0/1 row weights; shapes as
+    :func:`weighted_r2`."""
     w = _weights(y_true, w)[:, None]
     n = jnp.maximum(w.sum(), 1.0)
-    return -(w * (y_true - y_pred) ** 2).sum(0) / n
+    return -(w * (y_true - y_pred) ** 2).sum(-2) / n
 
 
 SCORERS = {"r2": weighted_r2, "r": weighted_pearson_r, "neg_mse": weighted_neg_mse}

@@ -1,0 +1,1 @@
+"""brainalign.cli: the ``brainalign`` command and the library functions behind it."""
