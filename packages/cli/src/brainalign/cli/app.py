@@ -11,9 +11,9 @@ from typing import Annotated
 
 os.environ.setdefault("LANCE_LOG", "error")  # keep Lance's Rust logger quiet on the terminal
 
-import typer  # noqa: E402
+import typer
 
-from .output import FORMATS, console, emit, err_console  # noqa: E402
+from .output import FORMATS, console, emit, err_console
 
 app = typer.Typer(
     name="brainalign",
@@ -196,7 +196,7 @@ def main() -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(1)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         import click
 
         if isinstance(exc, click.UsageError):

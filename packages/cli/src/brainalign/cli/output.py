@@ -68,7 +68,7 @@ def emit(table: pa.Table, fmt: str = "table", output: str | Path | None = None, 
         else:
             Path(output).write_text(text + "\n")
         return
-    fh = open(output, "w", newline="") if output else None  # noqa: SIM115
+    fh = open(output, "w", newline="") if output else None
     try:
         import sys
 

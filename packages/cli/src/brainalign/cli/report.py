@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import pyarrow as pa  # noqa: E402
+import matplotlib.pyplot as plt
+import pyarrow as pa
 
-from .query import run_query  # noqa: E402
+from .query import run_query
 
 LAYER_PROFILE_SQL = """
 SELECT v.roi, s.instruction_id, s.layer, avg(s.r) AS mean_r, count(*) AS n_voxels
