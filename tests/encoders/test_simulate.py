@@ -11,8 +11,16 @@ REGIONS = {"A": 0.10, "B": 0.05, "A&B": 0.15, "A&C": 0.05, "A&B&C": 0.10}
 
 @pytest.fixture(scope="module")
 def sim():
-    return simulate_encoding({"A": 12, "B": 10, "C": 9}, REGIONS, n_samples=300, n_test=200,
-                             n_targets=8, n_latents=2, random_state=0, dtype=np.float64)
+    return simulate_encoding(
+        {"A": 12, "B": 10, "C": 9},
+        REGIONS,
+        n_samples=300,
+        n_test=200,
+        n_targets=8,
+        n_latents=2,
+        random_state=0,
+        dtype=np.float64,
+    )
 
 
 def test_region_labels_order():
@@ -45,17 +53,26 @@ def test_hrf_makes_features_smooth():
         x = x - x.mean(0)
         return ((x[1:] * x[:-1]).sum(0) / (x * x).sum(0)).mean()
 
-    smooth = simulate_encoding({"A": 8}, {"A": 0.3}, n_samples=400, n_test=100, n_targets=2,
-                               random_state=1)
-    white = simulate_encoding({"A": 8}, {"A": 0.3}, n_samples=400, n_test=100, n_targets=2,
-                              hrf=False, random_state=1)
+    smooth = simulate_encoding({"A": 8}, {"A": 0.3}, n_samples=400, n_test=100, n_targets=2, random_state=1)
+    white = simulate_encoding(
+        {"A": 8}, {"A": 0.3}, n_samples=400, n_test=100, n_targets=2, hrf=False, random_state=1
+    )
     assert lag1(smooth.spaces_train["A"]) > 0.5
     assert abs(lag1(white.spaces_train["A"])) < 0.1
 
 
 def test_snr_rescales_proportions_and_feature_scale():
-    s = simulate_encoding({"A": 6, "B": 6}, {"A": 1.0, "A&B": 3.0}, snr=1.0, n_samples=200, n_latents=2,
-                          n_test=100, n_targets=3, feature_scale={"B": 100.0}, random_state=2)
+    s = simulate_encoding(
+        {"A": 6, "B": 6},
+        {"A": 1.0, "A&B": 3.0},
+        snr=1.0,
+        n_samples=200,
+        n_latents=2,
+        n_test=100,
+        n_targets=3,
+        feature_scale={"B": 100.0},
+        random_state=2,
+    )
     np.testing.assert_allclose(s.regions["A"], 0.125)
     np.testing.assert_allclose(s.regions["A&B"], 0.375)
     ratio = s.spaces_train["B"].std() / s.spaces_train["A"].std()

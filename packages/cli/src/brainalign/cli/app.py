@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -24,18 +26,75 @@ app = typer.Typer(
 )
 store_app = typer.Typer(help="Inspect and manage Lance tables (features, responses, scores, ...).", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+responses_app = typer.Typer(help="Bring fMRI in: responses and voxels tables.", no_args_is_help=True)
+app.add_typer(responses_app, name="responses")
 
-_state = {"debug": False}
+_state: dict = {"debug": False, "project": None}
 
 
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    project: Annotated[Path | None, typer.Option(
+        "--project", help="Project file (default: $BRAINALIGN_PROJECT or the nearest brainalign.toml).")] = None,
 ) -> None:
     _state["debug"] = debug
+    _state["project"] = project
+
+
+def _user_errors(fn):
+    """User errors (bad inputs, mismatched keys, ...) become one message and exit status 1;
+    ``--debug`` lets the traceback through."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            import click
+            from rich.text import Text
+
+            if isinstance(exc, click.ClickException) or _state["debug"]:
+                raise
+            err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True, highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _project(root: Path | None = None):
+    from .project import load_project
+
+    return load_project(_state["project"], root=root)
+
+
+def _say(as_json: bool, status):
+    if as_json:
+        return None
+    return lambda m: (err_console.log(m), status.update(m))
+
+
+class _Quiet:
+    """A stand-in for ``console.status`` when printing JSON."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, _m):
+        pass
+
+
+def _status(as_json: bool, msg: str):
+    return _Quiet() if as_json else err_console.status(msg)
 
 
 @app.command()
+@_user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for the demo's tables and figure.")] = Path("brainalign-demo"),
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
@@ -77,66 +136,278 @@ def demo(
 
 
 @app.command()
+@_user_errors
 def query(
-    sql: Annotated[str, typer.Argument(help="One SQL query over the views features, responses, voxels, scores, ...")],
-    root: Annotated[Path, typer.Option(help="Directory holding the *.lance tables.")] = Path("."),
+    sql: Annotated[str, typer.Argument(help="One SQL query over the views features, generations, responses, voxels, "
+                                            "scores, partitions, instructions.")],
+    root: Annotated[Path | None, typer.Option(help="Directory holding the *.lance tables (default: project root).")] = None,
     fmt: Annotated[str, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")] = "table",
     output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     write: Annotated[bool, typer.Option("--write", help="Allow statements other than queries.")] = False,
 ) -> None:
-    """Answer SQL over the tables under ROOT with DuckDB (read-only by default).
+    """Answer SQL over the project's tables with DuckDB (read-only by default).
 
-    Example: brainalign query --root brainalign-demo "SELECT layer, avg(r) FROM scores GROUP BY layer"
+    Views: features, generations, responses, voxels, scores, partitions (the Lance tables) and
+    instructions (the instruction registry and the ids in the features table).
+
+    Example, mean held-out r per ROI and layer:
+
+      brainalign query --root study "SELECT v.roi, s.layer, avg(s.r) AS mean_r FROM scores s
+      JOIN voxels v USING (subject, voxel) GROUP BY ALL ORDER BY v.roi, s.layer" --format csv
     """
     from .query import run_query
 
-    table = run_query(sql, root, read_only=not write)
+    proj = _project(root)
+    table = run_query(sql, proj.root, read_only=not write, tables=proj.tables)
     emit(table, "json" if as_json else fmt, output)
 
 
+def _preset_overrides(delays, trim_start, trim_end, pca, lanczos_window, zscore):
+    return {
+        "delays": None if delays is None else [int(d) for d in delays.split(",") if d.strip()],
+        "trim_start": trim_start, "trim_end": trim_end, "pca": pca, "lanczos_window": lanczos_window, "zscore": zscore,
+    }
+
+
+_PRESET_HELP = "Alignment preset: fir4, huth (Lanczos 3, delays 1-4, trim 10/5), wehbe (PCA 10, trim 20/15), " \
+    "algonauts (shift 3, window 5, trim 5/5), shift3, oota-movie10, none."
+
+
 @app.command()
+@_user_errors
 def fit(
-    features: Annotated[Path, typer.Option(help="Features table (.lance).")],
-    responses: Annotated[Path, typer.Option(help="Responses table (.lance).")],
-    scores: Annotated[Path, typer.Option(help="Scores table to write (.lance); created if missing.")],
-    test_run: Annotated[list[str], typer.Option(help="Run(s) held out for scoring; repeat the option for several.")],
+    test_run: Annotated[list[str] | None, typer.Option(help="Run(s) held out for scoring; repeat for several.")] = None,
+    features: Annotated[Path | None, typer.Option(help="Features table (default: <root>/features.lance).")] = None,
+    responses: Annotated[Path | None, typer.Option(help="Responses table (default: <root>/responses.lance).")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Scores table to write (default: <root>/scores.lance).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Directory of the tables (default: project root).")] = None,
     name: Annotated[str, typer.Option("--name", help="Name of this fit in the scores table.")] = "fit",
     subject: Annotated[str | None, typer.Option(help="Subject to fit (required if several).")] = None,
     model: Annotated[list[str] | None, typer.Option(help="Model(s) to select.")] = None,
     instruction: Annotated[list[str] | None, typer.Option(help="Instruction id(s) to select.")] = None,
     layer: Annotated[list[int] | None, typer.Option(help="Layer(s) to select.")] = None,
-    where: Annotated[str | None, typer.Option(help="Extra SQL filter on feature rows.")] = None,
-    preset: Annotated[str, typer.Option(help="Alignment preset: fir4, huth, oota-movie10, none.")] = "fir4",
+    where: Annotated[str | None, typer.Option(help="SQL filter on feature rows, e.g. \"layer BETWEEN 10 AND 20\".")] = None,
+    preset: Annotated[str | None, typer.Option(help=_PRESET_HELP)] = None,
+    delays: Annotated[str | None, typer.Option(help="Override the FIR delays in TRs, e.g. 1,2,3,4 (one value: HRF shift).")] = None,
+    trim_start: Annotated[int | None, typer.Option(help="Override TRs trimmed at the start of each run.")] = None,
+    trim_end: Annotated[int | None, typer.Option(help="Override TRs trimmed at the end of each run.")] = None,
+    pca: Annotated[int | None, typer.Option(help="PCA components per space, fitted on training runs only (0: off).")] = None,
+    lanczos_window: Annotated[int | None, typer.Option(help="Lanczos-resample word-level features onto TRs with this window.")] = None,
+    zscore: Annotated[bool | None, typer.Option("--zscore/--no-zscore", help="Override z-scoring per run.")] = None,
+    folds: Annotated[str | None, typer.Option(help="CV folds over training data: runs (leave one run out) or blocks:K.")] = None,
+    ceiling: Annotated[Path | None, typer.Option(help="Per-voxel noise ceiling (.npy, r units) for r_norm.")] = None,
+    min_ceiling: Annotated[float, typer.Option(help="Voxels with ceiling <= this get no r_norm.")] = 0.0,
     allow_trim: Annotated[bool, typer.Option(help="Fit on the common TRs when keys do not all match.")] = False,
+    weights: Annotated[Path | None, typer.Option(help="Also save the fitted weights to this .npz file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
     """Join features with responses by (stimulus_set, run, tr), fit batched ridge and write scores.
 
-    Example: brainalign fit --features f.lance --responses r.lance --scores s.lance --test-run 4 --layer 3
-    """
-    from dataclasses import asdict
+    Every selected (model, instruction, layer) space is fitted in one batched call on the JAX
+    device present (printed). CV is by training runs; scores (r, R², alpha, r/ceiling) are for
+    the held-out test runs.
 
+    Example, 29 layers x 2 instructions with run 4 held out:
+
+      brainalign fit --root study --name qwen --model Qwen/Qwen2.5-VL-7B-Instruct
+      --instruction captioning --instruction vqa --where "layer <= 28" --test-run 4 --preset fir4
+    """
+    from .align import get_preset
     from .fitting import fit_scores
 
-    with console.status("fitting") as status:
+    proj = _project(root)
+    test_runs = proj.default("fit", "test_runs", test_run)
+    if not test_runs:
+        raise ValueError("test_run: give at least one --test-run (or [fit] test_runs in brainalign.toml)")
+    pre = get_preset(proj.default("fit", "preset", preset, "fir4"),
+                     **_preset_overrides(delays, trim_start, trim_end, pca, lanczos_window, zscore))
+    with _status(as_json, "fitting") as status:
         summary = fit_scores(
-            features, responses, scores, fit_name=name, test_runs=test_run, subject=subject,
+            proj.table("features", features), proj.table("responses", responses), proj.table("scores", scores),
+            fit_name=name, test_runs=[str(t) for t in test_runs], subject=subject,
             model=model or None, instruction=instruction or None, layer=layer or None, where=where,
-            preset=preset, allow_trim=allow_trim, progress=None if as_json else status.update,
+            preset=pre, folds=proj.default("fit", "folds", folds, "runs"), ceiling=ceiling,
+            min_ceiling=min_ceiling, allow_trim=allow_trim, weights=weights, progress=_say(as_json, status),
         )
     if as_json:
         print(json.dumps(asdict(summary)))
         return
     for line in summary.dropped:
-        err_console.print(f"[yellow]dropped[/yellow] {line}")
+        err_console.print(f"[yellow]dropped[/yellow] {line}", markup=True, highlight=False)
     console.print(
-        f"fit {summary.fit!r}: {summary.n_spaces} spaces x {summary.n_voxels:,} voxels, {summary.n_train} train / "
-        f"{summary.n_test} test TRs on {summary.device}; scores -> {summary.scores_uri} (version {summary.scores_version})"
+        f"fit {summary.fit!r}: {summary.n_spaces} spaces x {summary.n_features} features x {summary.n_voxels:,} voxels, "
+        f"{summary.n_train} train / {summary.n_test} test TRs, CV {summary.folds}, on {summary.device}; "
+        f"scores -> {summary.scores_uri} (version {summary.scores_version})", markup=False, highlight=False,
     )
+    console.print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.seconds.items()), markup=False)
+
+
+@app.command()
+@_user_errors
+def partition(
+    space: Annotated[list[str], typer.Option(help="NAME=SQL filter picking one feature space; give 2 or 3.")],
+    test_run: Annotated[list[str] | None, typer.Option(help="Run(s) held out for scoring; repeat for several.")] = None,
+    features: Annotated[Path | None, typer.Option(help="Features table (default: <root>/features.lance).")] = None,
+    responses: Annotated[Path | None, typer.Option(help="Responses table (default: <root>/responses.lance).")] = None,
+    partitions: Annotated[Path | None, typer.Option(help="Partitions table (default: <root>/partitions.lance).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Directory of the tables (default: project root).")] = None,
+    name: Annotated[str, typer.Option("--name", help="Name of this partition fit.")] = "partition",
+    subject: Annotated[str | None, typer.Option(help="Subject (required if several).")] = None,
+    preset: Annotated[str | None, typer.Option(help=_PRESET_HELP)] = None,
+    folds: Annotated[str | None, typer.Option(help="CV folds: runs or blocks:K.")] = None,
+    correction: Annotated[str, typer.Option(help="none, clip or finite_sample.")] = "none",
+    joint: Annotated[str, typer.Option(help="Joint models: auto, ridge or banded.")] = "auto",
+    allow_trim: Annotated[bool, typer.Option(help="Fit on the common TRs when keys do not all match.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Variance partitioning of 2-3 feature selections (unique and shared held-out R² per voxel).
+
+    Example, VQA vs captioning at layer 12:
+
+      brainalign partition --root study --name vqa-vs-cap --test-run 4
+      --space "vqa=instruction_id = 'vqa' AND layer = 12"
+      --space "cap=instruction_id = 'captioning' AND layer = 12"
+    """
+    from .align import get_preset
+    from .partition import parse_selection, partition_variance
+
+    proj = _project(root)
+    test_runs = proj.default("fit", "test_runs", test_run)
+    if not test_runs:
+        raise ValueError("test_run: give at least one --test-run (or [fit] test_runs in brainalign.toml)")
+    sel = dict(parse_selection(s) for s in space)
+    if len(sel) != len(space):
+        raise ValueError("space: selection names must be distinct")
+    with _status(as_json, "partitioning") as status:
+        summary = partition_variance(
+            proj.table("features", features), proj.table("responses", responses),
+            proj.table("partitions", partitions), selections=sel, fit_name=name,
+            test_runs=[str(t) for t in test_runs], subject=subject,
+            preset=get_preset(proj.default("fit", "preset", preset, "fir4")),
+            folds=proj.default("fit", "folds", folds, "runs"), correction=correction, joint=joint,
+            allow_trim=allow_trim, progress=_say(as_json, status),
+        )
+    if as_json:
+        print(json.dumps(asdict(summary)))
+        return
+    import pyarrow as pa
+
+    emit(pa.table({"region": list(summary.mean_r2), "mean_r2": list(summary.mean_r2.values())}),
+         title=f"partition {summary.fit!r}: mean held-out R² over {summary.n_voxels:,} voxels")
+    console.print(f"on {summary.device}; partitions -> {summary.partitions_uri} (version {summary.partitions_version})",
+                  markup=False, highlight=False)
+
+
+@app.command()
+@_user_errors
+def report(
+    fit_name: Annotated[str, typer.Option("--fit", help="Fit name in the scores table.")],
+    out: Annotated[Path, typer.Option(help="Directory for figures, maps and the summary page.")] = Path("report"),
+    root: Annotated[Path | None, typer.Option(help="Directory of the tables (default: project root).")] = None,
+    partition_fit: Annotated[str | None, typer.Option(help="Partition fit to draw as bars per ROI.")] = None,
+    compare: Annotated[list[str] | None, typer.Option(help="BASE then TUNED model id (give the option twice).")] = None,
+    page: Annotated[str, typer.Option("--page", help="Summary page format: html or md.")] = "html",
+    maps: Annotated[bool, typer.Option("--maps/--no-maps", help="Write brain maps (NIfTI/CIFTI/GIFTI + PNG).")] = True,
+    max_maps: Annotated[int, typer.Option(help="At most this many (model, instruction) maps.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Figures of a fit: layer profile per ROI, instructions per ROI, partition bars, base vs
+    tuned, brain maps in the input's format, and an HTML/Markdown page linking them.
+
+    Example:
+
+      brainalign report --root study --fit qwen --partition-fit vqa-vs-cap
+      --compare meta-llama/Llama-2-7b --compare lmsys/vicuna-7b-v1.3 --out study/report
+    """
+    from .report import build_report
+
+    proj = _project(root)
+    with _status(as_json, "building the report") as status:
+        rep = build_report(proj.root, fit_name, out, tables=proj.tables, partition_fit=partition_fit,
+                           compare=compare or None, page_format=page, maps=maps, max_maps=max_maps,
+                           progress=_say(as_json, status))
+    if as_json:
+        print(json.dumps({"page": str(rep.page), "figures": rep.figures, "maps": rep.maps}, default=str))
+        return
+    console.print(f"report: {rep.page}", markup=False)
+    for k, v in rep.figures.items():
+        console.print(f"  {k}: {rep.out / v}", markup=False, highlight=False)
+    for m in rep.maps:
+        console.print(f"  map: {rep.out / m}", markup=False, highlight=False)
+
+
+@responses_app.command("ingest")
+@_user_errors
+def responses_ingest(
+    bold: Annotated[list[Path] | None, typer.Argument(help="BOLD files: 4D NIfTI, .dtseries.nii, .func.gii "
+                                                           "(both hemispheres), or .npy.")] = None,
+    bids: Annotated[Path | None, typer.Option(help="Discover sub-*/func/*_task-*_run-*_bold.* runs under this BIDS tree.")] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset name stored in every row.")] = "dataset",
+    subject: Annotated[str | None, typer.Option(help="Subject id (BIDS inputs: only this subject; else: its label).")] = None,
+    task: Annotated[str | None, typer.Option(help="BIDS task to ingest.")] = None,
+    run: Annotated[list[str] | None, typer.Option(help="Run label per BOLD file (default: run- entity, else 1, 2, ...).")] = None,
+    stimulus_set: Annotated[str | None, typer.Option(help="Stimulus set the runs were recorded with (default: the task).")] = None,
+    tr: Annotated[float | None, typer.Option(help="Repetition time in seconds (overrides headers).")] = None,
+    space: Annotated[str | None, typer.Option(help="Space name, e.g. MNI152NLin2009cAsym, fsLR, fsaverage6.")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Brain or ROI mask (NIfTI, same grid as the BOLD).")] = None,
+    atlas: Annotated[Path | None, typer.Option(help="Integer ROI atlas (NIfTI, same grid).")] = None,
+    atlas_labels: Annotated[Path | None, typer.Option(help="TSV 'index<TAB>name' naming the atlas labels.")] = None,
+    labels: Annotated[list[Path] | None, typer.Option(help="CIFTI .dlabel.nii, or GIFTI .label.gii per hemisphere.")] = None,
+    tr_table: Annotated[Path | None, typer.Option(help="For .npy: CSV/TSV with a run (and tr) per row.")] = None,
+    detrend: Annotated[int | None, typer.Option(help="Remove a polynomial of this order per run (0: mean).")] = None,
+    zscore: Annotated[bool, typer.Option("--zscore/--no-zscore", help="Z-score each voxel within each run.")] = False,
+    trim_start: Annotated[int, typer.Option(help="Drop this many TRs at the start of each run.")] = 0,
+    trim_end: Annotated[int, typer.Option(help="Drop this many TRs at the end of each run.")] = 0,
+    confounds: Annotated[str | None, typer.Option(help="Comma-separated confound columns to regress out (BIDS confounds TSV).")] = None,
+    drop_bad_voxels: Annotated[bool, typer.Option(help="Leave out voxels with NaN/inf instead of failing.")] = False,
+    root: Annotated[Path | None, typer.Option(help="Directory of the tables (default: project root).")] = None,
+    responses: Annotated[Path | None, typer.Option(help="Responses table (default: <root>/responses.lance).")] = None,
+    voxels: Annotated[Path | None, typer.Option(help="Voxels table (default: <root>/voxels.lance).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Read fMRI runs into a responses table (BOLD per TR) and a voxels table (space,
+    coordinates or vertices, ROI labels). Everything is checked before anything is written.
+
+    Examples:
+
+      brainalign responses ingest --bids ds004323 --task game --space MNI152NLin2009cAsym
+      --mask mask.nii.gz --atlas glasser.nii.gz --atlas-labels glasser.tsv --zscore --root study
+
+      brainalign responses ingest bold.npy --tr-table trs.csv --tr 2 --subject sub-01
+      --stimulus-set wehbe --root study
+    """
+    from .ingest import discover_bids, explicit_runs, ingest_responses
+
+    if bids is not None and bold:
+        raise ValueError("bold: give BOLD files or --bids, not both")
+    inputs = (discover_bids(bids, subject=subject, task=task, space=space) if bids is not None
+              else explicit_runs(bold or [], run))
+    proj = _project(root)
+    with _status(as_json, "ingesting") as status:
+        summary = ingest_responses(
+            inputs, responses=proj.table("responses", responses), voxels=proj.table("voxels", voxels),
+            dataset=dataset, subject=subject if bids is None else None, stimulus_set=stimulus_set, tr=tr,
+            space=space, mask=mask, atlas=atlas, atlas_labels=atlas_labels, labels=labels or (),
+            tr_table=tr_table, detrend_order=detrend, zscore_runs=zscore, trim_start=trim_start,
+            trim_end=trim_end, confounds=[c for c in (confounds or "").split(",") if c],
+            drop_bad_voxels=drop_bad_voxels, progress=_say(as_json, status),
+        )
+    if as_json:
+        print(json.dumps(asdict(summary)))
+        return
+    import pyarrow as pa
+
+    emit(pa.table({"run": list(summary.runs), "trs": list(summary.runs.values())}),
+         title=f"{summary.fmt} -> {summary.n_voxels:,} voxels in space {summary.space}, TR {summary.tr_s:g} s")
+    if summary.dropped_voxels:
+        err_console.print(f"left out {summary.dropped_voxels:,} voxels with NaN/inf", markup=False)
+    console.print(f"responses -> {summary.responses_uri} (version {summary.responses_version}); "
+                  f"voxels -> {summary.voxels_uri} (version {summary.voxels_version})", markup=False, highlight=False)
 
 
 @store_app.command("info")
+@_user_errors
 def store_info(
     uri: Annotated[Path, typer.Argument(help="A .lance table.")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -159,6 +430,7 @@ def store_info(
 
 
 @store_app.command("verify")
+@_user_errors
 def store_verify(uri: Annotated[Path, typer.Argument(help="A .lance table.")]) -> None:
     """Check a table: duplicate keys, NaN/inf, dimensions, rows per group, provenance.
 
@@ -173,6 +445,7 @@ def store_verify(uri: Annotated[Path, typer.Argument(help="A .lance table.")]) -
 
 
 @store_app.command("tag")
+@_user_errors
 def store_tag(
     uri: Annotated[Path, typer.Argument(help="A .lance table.")],
     name: Annotated[str, typer.Argument(help="Tag name, e.g. v1.")],

@@ -7,19 +7,20 @@ per voxel, and scores on held-out test runs.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import jax
 import numpy as np
 import pyarrow as pa
 
-from brainalign.encoders import block_folds, fit_ridge_cv, group_folds, pearson_r, predict, r2_score
+from brainalign.encoders import block_folds, fit_ridge_cv, group_folds, normalize, pearson_r, predict, r2_score
 from brainalign.features import FeatureStore, Table, create_table, open_table
 
-from .align import get_preset, keep_mask, prepare_design, zscore_by_run
+from .align import AlignmentPreset, get_preset, keep_mask, pca_train, prepare_design, zscore_by_run
 from .join import join_features_responses
 
 DEFAULT_ALPHAS = tuple(np.logspace(-1, 5, 13).tolist())
@@ -42,6 +43,9 @@ class FitSummary:
     scores_version: int
     seconds: dict[str, float] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    preset: dict = field(default_factory=dict)
+    folds: str = ""
+    n_features: int = 0
 
 
 def device_description() -> str:
@@ -51,6 +55,101 @@ def device_description() -> str:
     if kind == "cpu":
         return f"cpu ({len(devs)} device{'s' if len(devs) > 1 else ''})"
     return f"{kind}: {getattr(devs[0], 'device_kind', kind)} x{len(devs)}"
+
+
+def make_folds(spec: str, runs_train: np.ndarray) -> tuple[list, str]:
+    """Cross-validation folds over the training samples.
+
+    ``spec``: ``"runs"`` (leave one training run out; contiguous 5 blocks if only one run) or
+    ``"blocks:K"`` (K contiguous blocks over the training samples, in time order).
+    """
+    n_runs = len(dict.fromkeys(runs_train.tolist()))
+    if spec == "runs":
+        if n_runs > 1:
+            return group_folds(runs_train), f"leave-one-run-out ({n_runs} runs)"
+        return block_folds(len(runs_train), 5), "5 contiguous blocks (one training run)"
+    if spec.startswith("blocks:") and spec[7:].isdigit():
+        k = int(spec[7:])
+        return block_folds(len(runs_train), k), f"{k} contiguous blocks"
+    raise ValueError(f"folds: expected 'runs' or 'blocks:K' (e.g. blocks:5), got {spec!r}")
+
+
+def load_ceiling(ceiling, n_vox: int) -> np.ndarray:
+    """A per-voxel ceiling (in r units) from an array or a ``.npy`` file; NaN when None."""
+    if ceiling is None:
+        return np.full(n_vox, np.nan, np.float32)
+    if isinstance(ceiling, (str, Path)):
+        path = Path(ceiling)
+        if not path.exists():
+            raise ValueError(f"ceiling: no such file {path}")
+        ceiling = np.load(path, allow_pickle=False)
+    ceil = np.asarray(ceiling, np.float32).reshape(-1)
+    if ceil.shape != (n_vox,):
+        raise ValueError(f"ceiling: expected shape ({n_vox},) (one value per voxel), got {np.shape(ceiling)}")
+    return ceil
+
+
+def _repeat_strings(values: list, n_each: int) -> pa.Array:
+    """``[v0]*n_each + [v1]*n_each + ...`` as a string array, without a Python list of rows."""
+    uniq = list(dict.fromkeys(values))
+    codes = np.repeat(np.array([uniq.index(v) for v in values], dtype=np.int32), n_each)
+    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(uniq, pa.string())).cast(pa.string())
+
+
+def scores_table(fit_name: str, dataset: str, subject: str, spaces: list[dict], r, r2, alpha, ceiling,
+                 r_norm, split: str = "test") -> pa.Table:
+    """Rows of the scores table: one per (space, voxel); arrays are ``(n_spaces, n_voxels)``."""
+    n_spaces, n_vox = r.shape
+    n = n_spaces * n_vox
+
+    def const(v):
+        return _repeat_strings([v], n)
+
+    ceil = np.tile(ceiling, n_spaces)
+    rn = np.asarray(r_norm, np.float32).ravel()
+    return pa.table({
+        "fit": const(fit_name), "dataset": const(dataset), "subject": const(subject),
+        "model": _repeat_strings([s["model"] for s in spaces], n_vox),
+        "instruction_id": _repeat_strings([s["instruction_id"] for s in spaces], n_vox),
+        "component": _repeat_strings([s["component"] for s in spaces], n_vox),
+        "layer": pa.array(np.repeat(np.array([s["layer"] for s in spaces], np.int16), n_vox)),
+        "pooling": _repeat_strings([s["pooling"] for s in spaces], n_vox),
+        "voxel": pa.array(np.tile(np.arange(n_vox, dtype=np.int32), n_spaces)),
+        "split": const(split),
+        "r": pa.array(np.asarray(r, np.float32).ravel()),
+        "r2": pa.array(np.asarray(r2, np.float32).ravel()),
+        "alpha": pa.array(np.asarray(alpha, np.float32).ravel()),
+        "ceiling": pa.array(ceil, mask=~np.isfinite(ceil)),
+        "r_norm": pa.array(rn, mask=~np.isfinite(rn)),
+    })
+
+
+def _open_inputs(features, responses):
+    fs = features if isinstance(features, FeatureStore) else open_table(features)
+    if not isinstance(fs, FeatureStore):
+        raise ValueError(f"features: {fs.uri} is a {fs.table_kind} table, not a features table")
+    rs = responses if isinstance(responses, Table) else open_table(responses)
+    if rs.table_kind != "responses":
+        raise ValueError(f"responses: {rs.uri} is a {rs.table_kind} table, not a responses table")
+    return fs, rs
+
+
+def split_runs(all_runs: list[str], test_runs: Sequence[str]) -> tuple[list[str], list[str]]:
+    test_runs = [str(r) for r in test_runs]
+    unknown = [r for r in test_runs if r not in all_runs]
+    if unknown or not test_runs:
+        raise ValueError(f"test_runs: expected a non-empty subset of the runs {all_runs}, got {test_runs}")
+    train_runs = [r for r in all_runs if r not in test_runs]
+    if not train_runs:
+        raise ValueError(f"test_runs: every run {all_runs} is a test run; leave at least one to train on")
+    return train_runs, test_runs
+
+
+def design(X: np.ndarray, runs: np.ndarray, train: np.ndarray, pre: AlignmentPreset) -> np.ndarray:
+    """PCA (fitted on ``train`` rows) then z-score and delays: ``(n_spaces, n, p)``."""
+    if pre.pca:
+        X = pca_train(X, train, pre.pca)
+    return prepare_design(X, runs, pre)
 
 
 def fit_scores(
@@ -67,10 +166,13 @@ def fit_scores(
     component=None,
     pooling=None,
     where: str | None = None,
-    preset: str = "fir4",
+    preset: str | AlignmentPreset = "fir4",
     alphas: Sequence[float] = DEFAULT_ALPHAS,
-    ceiling: np.ndarray | None = None,
+    folds: str = "runs",
+    ceiling=None,
+    min_ceiling: float = 0.0,
     allow_trim: bool = False,
+    weights: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> FitSummary:
     """Join, align, fit and score; append one row per (space, voxel) to the scores table.
@@ -80,79 +182,66 @@ def fit_scores(
     features, responses : Lance table locations or open handles.
     scores : location of the scores table (created if missing; rows with the same keys are
         replaced, so refitting under the same ``fit_name`` is idempotent).
-    test_runs : runs held out for scoring; the other runs train, with leave-one-run-out CV
-        (contiguous 5-fold blocks if only one training run).
-    ceiling : optional (n_voxels,) noise ceiling in r units; ``r_norm = r / ceiling``.
+    test_runs : runs held out for scoring; the other runs train, with CV by ``folds``.
+    preset : a preset name (:data:`brainalign.cli.align.PRESETS`) or an :class:`AlignmentPreset`.
+    folds : ``"runs"`` (leave one training run out) or ``"blocks:K"`` (contiguous blocks).
+    ceiling : optional (n_voxels,) noise ceiling in r units, or a ``.npy`` path;
+        ``r_norm = r / ceiling`` where ``ceiling > min_ceiling``, else null.
+    weights : optional ``.npz`` path for the fitted weights: ``coef (n_spaces, n_features,
+        n_voxels)`` (features ordered delay-major: block ``k`` holds delay ``delays[k]``),
+        ``intercept``, ``best_alpha``, ``delays`` and ``spaces`` (JSON).
+
+    Every selected (model, instruction, component, layer, pooling) space is fitted in one
+    batched :func:`brainalign.encoders.fit_ridge_cv` call.
     """
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
-    fs = features if isinstance(features, FeatureStore) else open_table(features)
-    if not isinstance(fs, FeatureStore):
-        raise ValueError(f"features: {fs.uri} is a {fs.table_kind} table, not a features table")
-    rs = responses if isinstance(responses, Table) else open_table(responses)
-    if rs.table_kind != "responses":
-        raise ValueError(f"responses: {rs.uri} is a {rs.table_kind} table, not a responses table")
-    pre = get_preset(preset)
+    fs, rs = _open_inputs(features, responses)
+    pre = preset if isinstance(preset, AlignmentPreset) else get_preset(preset)
     say("joining features and responses on (stimulus_set, run, tr)")
     j = join_features_responses(
         fs, rs, subject=subject, model=model, instruction=instruction, layer=layer,
         component=component, pooling=pooling, where=where, allow_trim=allow_trim,
+        lanczos_window=pre.lanczos_window,
     )
-    test_runs = [str(r) for r in test_runs]
     all_runs = list(dict.fromkeys(j.runs.tolist()))
-    unknown = [r for r in test_runs if r not in all_runs]
-    if unknown or not test_runs:
-        raise ValueError(f"test_runs: expected a non-empty subset of the runs {all_runs}, got {test_runs}")
-    train_runs = [r for r in all_runs if r not in test_runs]
-    if not train_runs:
-        raise ValueError(f"test_runs: every run {all_runs} is a test run; leave at least one to train on")
+    train_runs, test_runs = split_runs(all_runs, test_runs)
     t_join = time.perf_counter()
 
-    say(f"aligning with preset {pre.name!r} (delays {list(pre.delays)})")
-    X = prepare_design(j.X, j.runs, pre)
-    Y = zscore_by_run(j.Y, j.runs) if pre.zscore else j.Y
+    say(f"aligning with preset {pre.name!r} (delays {list(pre.delays)}, pca {pre.pca}, "
+        f"trim {pre.trim_start}/{pre.trim_end})")
     keep = keep_mask(j.runs, pre.trim_start, pre.trim_end)
-    test = np.isin(j.runs, test_runs) & keep
-    train = ~np.isin(j.runs, test_runs) & keep
+    is_test = np.isin(j.runs, test_runs)
+    test, train = is_test & keep, ~is_test & keep
+    X = design(j.X, j.runs, ~is_test, pre)
+    Y = zscore_by_run(j.Y, j.runs) if pre.zscore else j.Y
     Xtr, Ytr, runs_tr = X[:, train], Y[train], j.runs[train]
-    folds = group_folds(runs_tr) if len(train_runs) > 1 else block_folds(int(train.sum()), 5)
+    Xte, Yte = X[:, test], Y[test]
+    del X
+    fold_idx, fold_desc = make_folds(folds, runs_tr)
+    t_align = time.perf_counter()
 
-    say(f"fitting {X.shape[0]} feature space(s) x {Y.shape[1]:,} voxels on {device_description()}")
-    fit = fit_ridge_cv(Xtr, Ytr, alphas=alphas, folds=folds)
-    pred = predict(fit, X[:, test])  # (n_spaces, n_test, n_voxels)
-    r = np.stack([np.asarray(pearson_r(Y[test], p)) for p in pred])
-    r2 = np.stack([np.asarray(r2_score(Y[test], p)) for p in pred])
+    device = device_description()
+    say(f"fitting {Xtr.shape[0]} feature space(s) x {Xtr.shape[2]} features x {Y.shape[1]:,} voxels on {device}")
+    fit = fit_ridge_cv(Xtr, Ytr, alphas=alphas, folds=fold_idx)
+    pred = predict(fit, Xte)  # (n_spaces, n_test, n_voxels)
+    r = np.stack([np.asarray(pearson_r(Yte, p)) for p in pred])
+    r2 = np.stack([np.asarray(r2_score(Yte, p)) for p in pred])
     t_fit = time.perf_counter()
+    if weights is not None:
+        np.savez(weights, coef=fit.coef, intercept=fit.intercept, best_alpha=fit.best_alpha,
+                 delays=np.asarray(pre.delays), spaces=json.dumps(j.spaces, default=str))
 
     n_spaces, n_vox = r.shape
-    ceil = np.full(n_vox, np.nan, np.float32) if ceiling is None else np.asarray(ceiling, np.float32)
-    if ceil.shape != (n_vox,):
-        raise ValueError(f"ceiling: expected shape ({n_vox},), got {ceil.shape}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r_norm = np.where(ceil > 0, r / ceil, np.nan)
-    rep = lambda key: np.repeat([s[key] for s in j.spaces], n_vox)  # noqa: E731
-    table = pa.table({
-        "fit": [fit_name] * (n_spaces * n_vox),
-        "dataset": [j.dataset] * (n_spaces * n_vox),
-        "subject": [j.subject] * (n_spaces * n_vox),
-        "model": rep("model"),
-        "instruction_id": rep("instruction_id"),
-        "component": rep("component"),
-        "layer": pa.array(rep("layer").astype(np.int16)),
-        "pooling": rep("pooling"),
-        "voxel": pa.array(np.tile(np.arange(n_vox, dtype=np.int32), n_spaces)),
-        "split": ["test"] * (n_spaces * n_vox),
-        "r": pa.array(r.ravel().astype(np.float32)),
-        "r2": pa.array(r2.ravel().astype(np.float32)),
-        "alpha": pa.array(np.asarray(fit.best_alpha).ravel().astype(np.float32)),
-        "ceiling": pa.array(np.tile(ceil, n_spaces), mask=np.tile(~np.isfinite(ceil), n_spaces)),
-        "r_norm": pa.array(r_norm.ravel().astype(np.float32), mask=~np.isfinite(r_norm.ravel())),
-    })
+    ceil = load_ceiling(ceiling, n_vox)
+    r_norm = normalize(r, ceil, min_ceiling=min_ceiling) if np.isfinite(ceil).any() else np.full_like(r, np.nan)
+    table = scores_table(fit_name, j.dataset, j.subject, j.spaces, r, r2, fit.best_alpha, ceil, r_norm)
     say(f"writing {len(table):,} score rows")
     provenance = {
         "fit": fit_name, "features": str(fs.uri), "features_version": fs.version,
-        "responses": str(rs.uri), "responses_version": rs.version, "preset": pre.name,
+        "responses": str(rs.uri), "responses_version": rs.version, "preset": asdict(pre),
         "alphas": list(map(float, alphas)), "train_runs": train_runs, "test_runs": test_runs,
+        "folds": fold_desc, "device": device,
     }
     st = create_table(scores, "scores", provenance=provenance, exist_ok=True)
     version = st.write(table)
@@ -160,7 +249,7 @@ def fit_scores(
     return FitSummary(
         fit=fit_name, subject=j.subject, n_spaces=n_spaces, n_voxels=n_vox,
         n_train=int(train.sum()), n_test=int(test.sum()), train_runs=train_runs, test_runs=test_runs,
-        device=device_description(), scores_uri=str(scores), scores_version=version,
-        seconds={"join": t_join - t0, "fit": t_fit - t_join, "write": t_write - t_fit},
-        dropped=j.dropped,
+        device=device, scores_uri=str(scores), scores_version=version,
+        seconds={"join": t_join - t0, "align": t_align - t_join, "fit": t_fit - t_align, "write": t_write - t_fit},
+        dropped=j.dropped, preset=asdict(pre), folds=fold_desc, n_features=int(Xtr.shape[2]),
     )

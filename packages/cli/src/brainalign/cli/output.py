@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, log_path=False)
 
 FORMATS = ("table", "csv", "json", "parquet")
 

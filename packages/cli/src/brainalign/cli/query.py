@@ -1,12 +1,14 @@
 """SQL over brainalign tables with DuckDB.
 
-:func:`connect` registers one view per table found in a project directory — ``features``,
-``generations``, ``responses``, ``voxels``, ``scores``, ``partitions`` — each backed by the
-Lance dataset itself, so DuckDB pushes projections and filters down into the scan.
+:func:`connect` registers one view per table of a project — ``features``, ``generations``,
+``responses``, ``voxels``, ``scores``, ``partitions`` — each backed by the Lance dataset itself,
+so DuckDB pushes projections and filters down into the scan, plus ``instructions``
+(instruction id and text, from the features tables' provenance).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
@@ -17,10 +19,15 @@ from brainalign.features import open_table
 VIEWS = ("features", "generations", "responses", "voxels", "scores", "partitions")
 
 
-def table_paths(root: str | Path) -> dict[str, Path]:
-    """The ``<name>.lance`` tables present under ``root``."""
+def table_paths(root: str | Path, tables: Mapping[str, str | Path] | None = None) -> dict[str, Path]:
+    """The tables present: ``tables[name]`` where given, else ``<root>/<name>.lance``."""
     root = Path(root)
-    return {name: root / f"{name}.lance" for name in VIEWS if (root / f"{name}.lance").exists()}
+    out = {}
+    for name in VIEWS:
+        p = Path(tables[name]) if tables and name in tables else root / f"{name}.lance"
+        if p.exists():
+            out[name] = p
+    return out
 
 
 def _scannable(table):
@@ -34,23 +41,59 @@ def _scannable(table):
     return ds.to_table(columns=keep)
 
 
-def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view per table under ``root``."""
-    paths = table_paths(root)
+def instructions_table(features=None) -> pa.Table:
+    """One row per instruction: the feature store's instruction registry (when installed),
+    plus the instruction ids of a features table with the text its provenance records
+    (``instructions``: id -> text). ``in_features`` marks the ids present in the table."""
+    rows: dict[str, dict] = {}
+    try:
+        from brainalign.features.instructions import load_registry
+    except ImportError:  # an older feature store without a registry
+        load_registry = None
+    if load_registry is not None:
+        reg = load_registry()
+        for ins in reg.instructions:
+            rows[ins.id] = {"instruction_id": ins.id, "text": ins.text, "family": ins.family, "source": ins.source,
+                            "registry_version": reg.version, "in_features": False}
+    if features is not None:
+        prov = features.provenance.get("instructions") or {}
+        if isinstance(prov, list):  # a list of {"id"/"instruction_id", "text"} records
+            prov = {d.get("instruction_id", d.get("id")): d.get("text") for d in prov if isinstance(d, dict)}
+        ids = features.dataset.to_table(columns=["instruction_id"]).column("instruction_id").unique().to_pylist()
+        for i in ids:
+            row = rows.setdefault(i, {"instruction_id": i, "text": None, "family": None, "source": "features table",
+                                      "registry_version": None, "in_features": True})
+            row["in_features"] = True
+            if prov.get(i) is not None:
+                row["text"] = str(prov[i])
+    schema = pa.schema([("instruction_id", pa.string()), ("text", pa.string()), ("family", pa.string()),
+                        ("source", pa.string()), ("registry_version", pa.string()), ("in_features", pa.bool_())])
+    return pa.Table.from_pylist(list(rows.values()), schema=schema)
+
+
+def connect(root: str | Path, tables: Mapping[str, str | Path] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view per table (see :func:`table_paths`)."""
+    paths = table_paths(root, tables)
     if not paths:
         raise ValueError(f"root: no brainalign tables (*.lance) under {Path(root).resolve()}")
     con = duckdb.connect()
+    features = None
     for name, path in paths.items():
-        con.register(name, _scannable(open_table(path)))
+        t = open_table(path)
+        con.register(name, _scannable(t))
+        if name == "features":
+            features = t
+    con.register("instructions", instructions_table(features))
     return con
 
 
-def run_query(sql: str, root: str | Path, *, read_only: bool = True) -> pa.Table:
+def run_query(sql: str, root: str | Path, *, read_only: bool = True,
+              tables: Mapping[str, str | Path] | None = None) -> pa.Table:
     """Run one SQL statement over the tables under ``root`` and return an Arrow table.
 
     With ``read_only`` (the default) only queries (SELECT, WITH, …) are accepted.
     """
-    con = connect(root)
+    con = connect(root, tables)
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:

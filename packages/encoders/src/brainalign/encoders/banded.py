@@ -77,8 +77,11 @@ def dirichlet_candidates(n_iter: int, n_spaces: int, concentration=(0.1, 1.0), r
     """
     if int(n_iter) < 1:
         raise ValueError(f"n_iter: expected a positive number of candidates, got {n_iter}")
-    rng = (random_state if isinstance(random_state, np.random.RandomState)
-           else np.random.RandomState(random_state))
+    rng = (
+        random_state
+        if isinstance(random_state, np.random.RandomState)
+        else np.random.RandomState(random_state)
+    )
     conc = np.atleast_1d(np.asarray(concentration, dtype=np.float64))
     per = int(np.ceil(n_iter / conc.size))
     draws = []
@@ -234,10 +237,10 @@ def fit_banded_ridge_cv(
     else:
         gammas = np.asarray(n_iter, dtype=np.float64)
         if gammas.ndim != 2 or gammas.shape[1] != m or (gammas < 0).any():
-            raise ValueError(f"n_iter: expected an int or a non-negative (n_iter, {m}) array, "
-                             f"got shape {gammas.shape}")
-    dtype = np.dtype(np.float64 if (jax.config.jax_enable_x64 and Y.dtype == np.float64)
-                     else np.float32)
+            raise ValueError(
+                f"n_iter: expected an int or a non-negative (n_iter, {m}) array, got shape {gammas.shape}"
+            )
+    dtype = np.dtype(np.float64 if (jax.config.jax_enable_x64 and Y.dtype == np.float64) else np.float32)
     X = np.concatenate(arrays, axis=1).astype(dtype, copy=False)
     Y = Y.astype(dtype, copy=False)
     sizes = [a.shape[1] for a in arrays]
@@ -259,14 +262,24 @@ def fit_banded_ridge_cv(
 
     cv = np.zeros((gammas.shape[0], alphas_np.size, Ypad.shape[1]), dtype=np.float64)
     for k in range(len(folds)):
-        G, Xtr, Xva = _fold_design(Xj, tr_idx[k], tr_w[k], va_idx[k], va_w[k],
-                                   fit_intercept=fit_intercept)
+        G, Xtr, Xva = _fold_design(Xj, tr_idx[k], tr_w[k], va_idx[k], va_w[k], fit_intercept=fit_intercept)
         bases = _candidate_bases(G, Xva, dscale)
         for b in range(n_batches):
             cols = slice(b * batch_size, (b + 1) * batch_size)
-            cv[:, :, cols] += np.asarray(_candidate_scores(
-                bases, Xtr, jnp.asarray(Ypad[:, cols]), tr_idx[k], tr_w[k], va_idx[k], va_w[k],
-                alphas_j, fit_intercept=fit_intercept, score=score))
+            cv[:, :, cols] += np.asarray(
+                _candidate_scores(
+                    bases,
+                    Xtr,
+                    jnp.asarray(Ypad[:, cols]),
+                    tr_idx[k],
+                    tr_w[k],
+                    va_idx[k],
+                    va_w[k],
+                    alphas_j,
+                    fit_intercept=fit_intercept,
+                    score=score,
+                )
+            )
         del bases, G, Xtr, Xva
     cv /= len(folds)
     # as himalaya: a tiny slope in log(alpha) makes ties go to the largest alpha
@@ -280,8 +293,14 @@ def fit_banded_ridge_cv(
     intercept = np.zeros(Ypad.shape[1], dtype=dtype)
     for b in range(n_batches):
         cols = slice(b * batch_size, (b + 1) * batch_size)
-        W, c = _refit(Xj, jnp.asarray(Ypad[:, cols]), dscale, jnp.asarray(best_gi[cols]),
-                      jnp.asarray(best_alpha[cols], dtype=dtype), fit_intercept=fit_intercept)
+        W, c = _refit(
+            Xj,
+            jnp.asarray(Ypad[:, cols]),
+            dscale,
+            jnp.asarray(best_gi[cols]),
+            jnp.asarray(best_alpha[cols], dtype=dtype),
+            fit_intercept=fit_intercept,
+        )
         coef[:, cols], intercept[cols] = np.asarray(W), np.asarray(c)
 
     sl = slice(0, t)
@@ -289,9 +308,14 @@ def fit_banded_ridge_cv(
     with np.errstate(divide="ignore"):
         deltas = np.log(best_gamma) - np.log(best_alpha[sl])[None, :]
     return BandedRidgeFit(
-        coef=coef[:, sl], intercept=intercept[sl], best_alpha=best_alpha[sl].astype(dtype),
-        best_gamma=best_gamma.astype(dtype), deltas=deltas.astype(dtype),
-        cv_scores=per_gamma[:, sl].astype(dtype), gammas=gammas, bounds=bounds,
+        coef=coef[:, sl],
+        intercept=intercept[sl],
+        best_alpha=best_alpha[sl].astype(dtype),
+        best_gamma=best_gamma.astype(dtype),
+        deltas=deltas.astype(dtype),
+        cv_scores=per_gamma[:, sl].astype(dtype),
+        gammas=gammas,
+        bounds=bounds,
     )
 
 
@@ -315,8 +339,7 @@ def predict_banded(fit: BandedRidgeFit, Xs, *, split: bool = False) -> np.ndarra
         got = [a.shape[1] for a in arrays]
         raise ValueError(f"Xs: expected feature spaces of widths {want}, got {got}")
     coef = jnp.asarray(fit.coef)
-    parts = jnp.stack([jnp.asarray(a, coef.dtype) @ coef[b[i]: b[i + 1]]
-                       for i, a in enumerate(arrays)])
+    parts = jnp.stack([jnp.asarray(a, coef.dtype) @ coef[b[i] : b[i + 1]] for i, a in enumerate(arrays)])
     if split:
         return np.asarray(parts)
     return np.asarray(parts.sum(0) + jnp.asarray(fit.intercept)[None, :])
@@ -341,14 +364,18 @@ def r2_score_split(y_true, y_pred_split) -> np.ndarray:
     y = as_float_array("y_true", y_true, ndim=2)
     p = as_float_array("y_pred_split", y_pred_split, ndim=3)
     if p.shape[1:] != y.shape:
-        raise ValueError(f"y_pred_split: expected shape (n_spaces, {y.shape[0]}, {y.shape[1]}), "
-                         f"got {p.shape}")
+        raise ValueError(
+            f"y_pred_split: expected shape (n_spaces, {y.shape[0]}, {y.shape[1]}), got {p.shape}"
+        )
     y = y - y.mean(0)
     p = p - p.mean(1, keepdims=True)
     total = p.sum(0)
     sst = (y * y).sum(0)
     sst = np.where(sst > 0, sst, 1.0)
     return (2 * (p * y).sum(1) - (p * total).sum(1)) / sst
+
+
+_DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
 
 
 class BandedRidgeCV:
@@ -372,7 +399,7 @@ class BandedRidgeCV:
 
     def __init__(
         self,
-        alphas=tuple(np.logspace(-2, 5, 15)),
+        alphas=_DEFAULT_ALPHAS,
         cv=5,
         *,
         n_iter=20,
@@ -404,10 +431,16 @@ class BandedRidgeCV:
         """Fit on a list of ``(n_samples, n_features_i)`` spaces and ``Y (n_samples, n_targets)``."""
         arrays, _ = _as_spaces("Xs", Xs)
         self.fit_ = fit_banded_ridge_cv(
-            arrays, Y, alphas=self.alphas, folds=self._folds(arrays[0].shape[0], groups),
-            n_iter=self.n_iter, concentration=self.concentration,
-            random_state=self.random_state, fit_intercept=self.fit_intercept,
-            score=self.score_name, batch_size=self.batch_size,
+            arrays,
+            Y,
+            alphas=self.alphas,
+            folds=self._folds(arrays[0].shape[0], groups),
+            n_iter=self.n_iter,
+            concentration=self.concentration,
+            random_state=self.random_state,
+            fit_intercept=self.fit_intercept,
+            score=self.score_name,
+            batch_size=self.batch_size,
         )
         self.coef_ = self.fit_.coef
         self.intercept_ = self.fit_.intercept

@@ -13,7 +13,10 @@
 * :func:`subject_pool_ceiling` — Brain-Score's ceiling extrapolation: predict each held-out
   subject from pools of ``x`` other subjects, fit ``v(x) = v0 (1 - exp(-x / tau))`` to the
   mean score per pool size, bootstrap; the ceiling is ``v0`` (the score with infinitely many
-  subjects).
+  subjects). The exponential is a heuristic: for exchangeable subjects ``y = s + e`` the
+  pool-mean correlation is exactly ``r(x)^-2 = A + B / x`` and the exponential, which saturates
+  too early, underestimates the limit ``A^-1/2``; ``extrapolation="inverse"`` fits that
+  exact form instead.
 * :func:`normalize` — ``score / ceiling`` where the ceiling is reliable.
 """
 
@@ -139,7 +142,8 @@ class SubjectPoolCeiling(NamedTuple):
     ceiling : (n_targets,) median over bootstraps of the asymptote ``v0``.
     ci : (2, n_targets) bootstrap percentile interval of ``v0`` (``ci`` level of the call).
     v0 : (n_bootstrap, n_targets) bootstrap asymptotes.
-    tau : (n_targets,) median over bootstraps of ``tau``.
+    tau : (n_targets,) median over bootstraps of ``tau`` (``"inverse"``: of ``B / A``, the pool
+        size at which the squared score reaches half its limit).
     pool_sizes : (n_sizes,) pool sizes ``x`` (1 .. n_subjects - 1).
     scores : (n_sizes, n_targets) mean score per pool size.
     """
@@ -201,6 +205,7 @@ def subject_pool_ceiling(
     n_draws: int = 10,
     n_bootstrap: int = 100,
     ci: float = 0.95,
+    extrapolation: str = "exponential",
     random_state=None,
 ) -> SubjectPoolCeiling:
     """Brain-Score subject-pool ceiling, extrapolated to infinitely many subjects.
@@ -209,8 +214,8 @@ def subject_pool_ceiling(
     and a pool of ``x`` others, the held-out subject's response is predicted by the pool's
     mean response and scored by Pearson r per target (the targets are assumed aligned across
     subjects, e.g. surface vertices or ROI means). Each bootstrap resamples the draws of every
-    pool size, averages them into a curve ``v(x)`` and fits ``v0 (1 - exp(-x / tau))``
-    (:func:`fit_saturation`); the ceiling is the median ``v0``.
+    pool size, averages them into a curve ``v(x)`` and extrapolates it to infinitely many
+    subjects (see ``extrapolation``); the ceiling is the median limit ``v0``.
 
     Parameters
     ----------
@@ -218,6 +223,9 @@ def subject_pool_ceiling(
     n_draws : (held-out subject, pool) draws per pool size.
     n_bootstrap : bootstrap resamples of the draws.
     ci : level of the percentile interval of ``v0``.
+    extrapolation : ``"exponential"`` (Brain-Score: ``v0 (1 - exp(-x / tau))``) or
+        ``"inverse"`` (least squares of ``v(x)^-2 = A + B / x``, ``v0 = A^-1/2``: exact for
+        exchangeable signal-plus-noise subjects; NaN where ``A <= 0``).
 
     Returns
     -------
@@ -229,6 +237,8 @@ def subject_pool_ceiling(
         raise ValueError(f"responses: expected at least 3 subjects (axis 0), got {n_sub}")
     if not 0 < ci < 1:
         raise ValueError(f"ci: expected a level in (0, 1), got {ci}")
+    if extrapolation not in ("exponential", "inverse"):
+        raise ValueError(f"extrapolation: expected 'exponential' or 'inverse', got {extrapolation!r}")
     rng = np.random.default_rng(random_state)
     sizes = np.arange(1, n_sub)
     draws = np.empty((sizes.size, n_draws, data.shape[2]))
@@ -241,7 +251,17 @@ def subject_pool_ceiling(
     scores = draws.mean(1)
     idx = rng.integers(n_draws, size=(n_bootstrap, sizes.size, n_draws))
     curves = np.take_along_axis(draws[None], idx[..., None], axis=2).mean(2)  # (B, n_sizes, t)
-    v0, tau = fit_saturation(sizes, np.moveaxis(curves, 1, 0))
+    if extrapolation == "exponential":
+        v0, tau = fit_saturation(sizes, np.moveaxis(curves, 1, 0))
+    else:
+        inv = 1.0 / np.maximum(curves, 1e-12) ** 2  # (B, n_sizes, t)
+        u = 1.0 / sizes
+        uc = u - u.mean()
+        slope = (uc[None, :, None] * (inv - inv.mean(1, keepdims=True))).sum(1) / (uc * uc).sum()
+        a = inv.mean(1) - slope * u.mean()
+        ok = a > 0
+        v0 = np.where(ok, 1.0 / np.sqrt(np.where(ok, a, 1.0)), np.nan)
+        tau = np.where(ok, slope / np.where(ok, a, 1.0), np.nan)
     q = (1 - ci) / 2
     return SubjectPoolCeiling(
         ceiling=np.median(v0, axis=0),

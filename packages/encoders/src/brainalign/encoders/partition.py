@@ -107,8 +107,10 @@ def partition_regions(r2: Mapping, names) -> dict:
 
 def _check_spaces(name, spaces):
     if not isinstance(spaces, Mapping) or not 2 <= len(spaces) <= 3:
-        raise ValueError(f"{name}: expected a mapping of 2 or 3 feature spaces name -> array, "
-                         f"got {type(spaces).__name__} of length {len(spaces) if hasattr(spaces, '__len__') else '?'}")
+        raise ValueError(
+            f"{name}: expected a mapping of 2 or 3 feature spaces name -> array, "
+            f"got {type(spaces).__name__} of length {len(spaces) if hasattr(spaces, '__len__') else '?'}"
+        )
     out = {}
     for k, a in spaces.items():
         if "&" in str(k):
@@ -183,11 +185,14 @@ def variance_partition(
     for name in names:
         a, b = tr[name], te[name]
         if a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-1]:
-            raise ValueError(f"spaces_test[{name!r}]: expected shape "
-                             f"{(*a.shape[:-2], n_test, a.shape[-1])}, got {b.shape}")
+            raise ValueError(
+                f"spaces_test[{name!r}]: expected shape {(*a.shape[:-2], n_test, a.shape[-1])}, got {b.shape}"
+            )
         if a.shape[-2] != n_train or b.shape[-2] != n_test:
-            raise ValueError(f"spaces_train[{name!r}]/spaces_test[{name!r}]: expected {n_train}/"
-                             f"{n_test} samples to match Y_train/Y_test, got {a.shape[-2]}/{b.shape[-2]}")
+            raise ValueError(
+                f"spaces_train[{name!r}]/spaces_test[{name!r}]: expected {n_train}/"
+                f"{n_test} samples to match Y_train/Y_test, got {a.shape[-2]}/{b.shape[-2]}"
+            )
         if a.ndim == 3:
             if batch is not None and a.shape[0] != batch:
                 raise ValueError(f"spaces_train[{name!r}]: expected batch size {batch}, got {a.shape[0]}")
@@ -227,9 +232,16 @@ def variance_partition(
             for b in range(batch if is_batched else 1):
                 bb = b if is_batched else None
                 fit = fit_banded_ridge_cv(
-                    stack(tr, S, bb), Y_train, alphas=alphas, folds=folds, n_iter=n_iter,
-                    concentration=concentration, random_state=random_state,
-                    fit_intercept=fit_intercept, score=score, batch_size=batch_size,
+                    stack(tr, S, bb),
+                    Y_train,
+                    alphas=alphas,
+                    folds=folds,
+                    n_iter=n_iter,
+                    concentration=concentration,
+                    random_state=random_state,
+                    fit_intercept=fit_intercept,
+                    score=score,
+                    batch_size=batch_size,
                 )
                 pred = predict_banded(fit, stack(te, S, bb))
                 scores.append(np.asarray(r2_score(Y_test, pred)))
@@ -238,15 +250,22 @@ def variance_partition(
             best_alpha[S] = np.stack(al) if is_batched else al[0]
             continue
         Xtr = np.concatenate(stack(tr, S), axis=-1)
-        fit = fit_ridge_cv(Xtr, Y_train, alphas=alphas, folds=folds, fit_intercept=fit_intercept,
-                           score=score, batch_size=batch_size, memory_budget=memory_budget)
+        fit = fit_ridge_cv(
+            Xtr,
+            Y_train,
+            alphas=alphas,
+            folds=folds,
+            fit_intercept=fit_intercept,
+            score=score,
+            batch_size=batch_size,
+            memory_budget=memory_budget,
+        )
         del Xtr
         Xte = np.concatenate(stack(te, S), axis=-1)
         if is_batched:
-            r2[S] = np.stack([
-                np.asarray(r2_score(Y_test, Xte[b] @ fit.coef[b] + fit.intercept[b]))
-                for b in range(batch)
-            ])
+            r2[S] = np.stack(
+                [np.asarray(r2_score(Y_test, Xte[b] @ fit.coef[b] + fit.intercept[b])) for b in range(batch)]
+            )
         else:
             r2[S] = np.asarray(r2_score(Y_test, Xte @ fit.coef + fit.intercept))
         best_alpha[S] = fit.best_alpha
@@ -264,8 +283,10 @@ def variance_partition(
         for S, a in r2.items():
             p = sum(tr[s].shape[-1] for s in S)
             if n_train - p - 1 <= 0:
-                raise ValueError(f"correction: 'finite_sample' needs n_train > p + 1 for every "
-                                 f"subset; {sorted(S)} has p={p}, n_train={n_train}")
+                raise ValueError(
+                    f"correction: 'finite_sample' needs n_train > p + 1 for every "
+                    f"subset; {sorted(S)} has p={p}, n_train={n_train}"
+                )
             q = p / (n_train - p - 1)
             adj[S] = (a + q) / (1 + q)
         regions = partition_regions(adj, names)

@@ -143,8 +143,14 @@ def permutation_test(
     pb = int(max(1, min(perm_batch, n_permutations)))
     for b in range(n_batches):
         cols = slice(b * target_batch, (b + 1) * target_batch)
-        o, c, nl = _perm_batch(jnp.asarray(yt_p[:, cols]), jnp.asarray(yp_p[:, cols]), perms,
-                               score=score, perm_batch=pb, return_null=return_null)
+        o, c, nl = _perm_batch(
+            jnp.asarray(yt_p[:, cols]),
+            jnp.asarray(yp_p[:, cols]),
+            perms,
+            score=score,
+            perm_batch=pb,
+            return_null=return_null,
+        )
         obs.append(np.asarray(o))
         cnt.append(np.asarray(c))
         if return_null:
@@ -247,7 +253,7 @@ def bootstrap_ci(
         step = max(1, (1 << 24) // v.size)  # bound the index matrix per chunk
         for a in range(0, n_bootstrap, step):
             k = min(step, n_bootstrap - a)
-            means[a: a + k] = v[rng.integers(v.size, size=(k, v.size))].mean(1)
+            means[a : a + k] = v[rng.integers(v.size, size=(k, v.size))].mean(1)
         lo, hi = np.quantile(means, q)
         return v.mean(), lo, hi
 

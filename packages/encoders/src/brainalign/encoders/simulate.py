@@ -164,8 +164,10 @@ def simulate_encoding(
         used = sum(n_latents for _, m in active if name in m)
         extra = int(n_features[name]) - used
         if extra < 0:
-            raise ValueError(f"n_features[{name!r}]: {n_features[name]} features cannot hold the "
-                             f"{used} latents of its regions; lower n_latents or add features")
+            raise ValueError(
+                f"n_features[{name!r}]: {n_features[name]} features cannot hold the "
+                f"{used} latents of its regions; lower n_latents or add features"
+            )
         nuis[name] = np.arange(start, start + extra)
         start += extra
     K = start

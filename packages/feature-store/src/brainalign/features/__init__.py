@@ -1,6 +1,9 @@
 """brainalign.features: instruction-conditioned layer embeddings as versioned Lance tables."""
 
 from . import schemas
-from .store import FeatureStore, Table, create_table, open_table
+from .hub import HubError, pull, push
+from .store import FeatureStore, Float32View, Table, create_table, open_table
 
-__all__ = ["FeatureStore", "Table", "create_table", "open_table", "schemas"]
+__all__ = [
+    "FeatureStore", "Float32View", "HubError", "Table", "create_table", "open_table", "pull", "push", "schemas",
+]

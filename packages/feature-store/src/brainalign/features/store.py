@@ -3,12 +3,24 @@
 A handle has few verbs — ``write``, ``read``, ``versions``, ``tag``, ``checkout``, ``verify`` —
 and returns Arrow tables or ``(keys, array)`` pairs. Every write is one Lance commit: readers
 see the previous version or the new one, never half of a write.
+
+Layout. A features table holds one row per (stimulus keys, model, instruction, component,
+layer, pooling). Every write sorts its rows into key order and writes each
+(model, instruction, component, pooling, layer, stimulus set) group into its own data files
+(fragments), so that reading or pulling one layer of one instruction touches only that group's
+files. ``benchmarks/bench_store.py`` compares this with one column per layer.
+
+Parallel writers. :meth:`Table.write_fragments` writes data files that no reader sees;
+:meth:`Table.commit_fragments` makes them visible in one commit that also replaces any rows
+already stored under the same keys. Workers of a sharded extraction each write (and commit)
+their shard; a worker killed before its commit leaves only unreferenced files behind, and
+rerunning the shard commits it once.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +28,21 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from lance import LanceOperation
+from lance.fragment import FragmentMetadata
 
 from . import schemas
+
+#: Largest data file a write produces (bytes). The Hub stores files of any size, but files of
+#: about a gigabyte keep uploads resumable and let a pull fetch only the groups it needs.
+MAX_BYTES_PER_FILE = 1 << 30
+
+#: Columns whose values define one group of a features table (one group → its own fragments).
+FEATURE_GROUP = ("model", "instruction_id", "component", "pooling", "layer", "stimulus_set")
+#: Key order of :meth:`FeatureStore.read`.
+FEATURE_ORDER = (
+    "stimulus_set", "model", "instruction_id", "component", "pooling", "layer", "run", "tr", "stimulus_id",
+)
 
 _SCHEMAS = {
     "generations": lambda **_: schemas.generations_schema(),
@@ -35,6 +60,78 @@ def _exists(uri: str | Path) -> bool:
     return True
 
 
+def _is_half_list(t: pa.DataType) -> bool:
+    return (pa.types.is_fixed_size_list(t) or pa.types.is_list(t)) and t.value_type == pa.float16()
+
+
+def _float32_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every float16 list column widened to float32."""
+    fields = []
+    for f in schema:
+        if _is_half_list(f.type):
+            t = pa.list_(pa.float32(), f.type.list_size) if pa.types.is_fixed_size_list(f.type) else pa.list_(pa.float32())
+            f = f.with_type(t)
+        fields.append(f)
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def _widen(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
+    """A reader that casts float16 list columns to float32 batch by batch."""
+    target = _float32_schema(reader.schema)
+    if target.equals(reader.schema):
+        return reader
+    return pa.RecordBatchReader.from_batches(target, (b.cast(target) for b in reader))
+
+
+class _Float32Scanner:
+    """Wraps a Lance scanner so that ``to_reader``/``to_table`` widen float16 to float32."""
+
+    def __init__(self, scanner):
+        self._scanner = scanner
+
+    @property
+    def projected_schema(self) -> pa.Schema:
+        return _float32_schema(self._scanner.projected_schema)
+
+    def to_reader(self) -> pa.RecordBatchReader:
+        return _widen(self._scanner.to_reader())
+
+    def to_batches(self):
+        return iter(self.to_reader())
+
+    def to_table(self) -> pa.Table:
+        return self.to_reader().read_all()
+
+    def __getattr__(self, name):
+        return getattr(self._scanner, name)
+
+
+class Float32View(lance.LanceDataset):
+    """A Lance dataset whose float16 list columns read as float32.
+
+    DuckDB 2.0 cannot scan Arrow float16, not even in a column it does not select. Registered
+    in DuckDB (``con.register("features", view)``) this view keeps projection and filter
+    pushdown — DuckDB calls :meth:`scanner` with the columns and filter of each query — and
+    converts only the batches it returns.
+    """
+
+    def __init__(self, base: lance.LanceDataset):  # noqa: D107 — shares the base's handle
+        self.__dict__.update(base.__dict__)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return _float32_schema(super().schema)
+
+    def scanner(self, *args, **kwargs):
+        return _Float32Scanner(super().scanner(*args, **kwargs))
+
+    def to_table(self, *args, **kwargs) -> pa.Table:
+        return self.scanner(*args, **kwargs).to_table()
+
+    def to_batches(self, *args, **kwargs):
+        return self.scanner(*args, **kwargs).to_batches()
+
+
 class Table:
     """A handle over one Lance dataset of a brainalign table kind (see :mod:`.schemas`)."""
 
@@ -47,6 +144,7 @@ class Table:
         if self.kind != "table" and kind != self.kind:
             raise ValueError(f"uri: {uri} holds a {kind or 'non-brainalign'} table, not {self.kind}")
         self.table_kind = kind
+        self._pinned = False  # True for a checkout of an older version: refuses writes
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -74,7 +172,9 @@ class Table:
             ds = lance.dataset(uri, version=version)
         except (ValueError, FileNotFoundError, OSError) as exc:
             raise ValueError(f"uri: no brainalign table at {uri} (version={version}): {exc}") from None
-        return cls(ds, uri)
+        t = cls(ds, uri)
+        t._pinned = version is not None and ds.version != ds.latest_version
+        return t
 
     @classmethod
     def open_or_create(cls, uri: str | Path, schema: pa.Schema, **kw) -> Table:
@@ -83,7 +183,7 @@ class Table:
     # ---- metadata ------------------------------------------------------------------------
     @property
     def dataset(self) -> lance.LanceDataset:
-        """The underlying ``lance.LanceDataset`` (DuckDB scans it directly)."""
+        """The underlying ``lance.LanceDataset`` (see :meth:`scannable` for DuckDB)."""
         return self._ds
 
     @property
@@ -112,6 +212,10 @@ class Table:
             for v in self._ds.versions()
         ]
 
+    def tags(self) -> dict[str, int]:
+        """Tag name → version."""
+        return {name: int(info["version"]) for name, info in self._ds.tags.list().items()}
+
     def tag(self, name: str, version: int | None = None) -> None:
         """Name a version (default: the current one); the same name is used on the Hub."""
         version = self._ds.version if version is None else int(version)
@@ -124,12 +228,38 @@ class Table:
 
     def checkout(self, version: int | str) -> Table:
         """A read-only view of this table at a version number or tag."""
-        return type(self).open(self.uri, version=version)
+        try:
+            t = type(self).open(self.uri, version=version)
+        except ValueError:
+            raise ValueError(
+                f"version: {version!r} is neither a version nor a tag of {self.uri}; "
+                f"versions {[v['version'] for v in self.versions()]}, tags {sorted(self.tags())}"
+            ) from None
+        return t
 
     def refresh(self) -> Table:
         """Re-open at the latest committed version."""
         self._ds = lance.dataset(self.uri)
+        self._pinned = False
         return self
+
+    # ---- DuckDB and other scanners -------------------------------------------------------
+    def scannable(self) -> lance.LanceDataset:
+        """A dataset that DuckDB (and Polars, pyarrow) can scan with pushdown.
+
+        The Lance dataset itself when no column is float16; otherwise a :class:`Float32View`
+        that reads float16 lists as float32. Use as ``con.register("features", t.scannable())``.
+        """
+        if any(_is_half_list(f.type) for f in self._ds.schema):
+            return Float32View(self._ds)
+        return self._ds
+
+    def to_reader(
+        self, columns: Sequence[str] | None = None, filter: str | None = None, *, batch_size: int | None = None,
+    ) -> pa.RecordBatchReader:
+        """Stream the selected rows and columns, float16 widened to float32."""
+        kw = {"batch_size": batch_size} if batch_size else {}
+        return _widen(self._ds.scanner(columns=list(columns) if columns else None, filter=filter, **kw).to_reader())
 
     # ---- writing -------------------------------------------------------------------------
     def _kind(self) -> str:
@@ -171,22 +301,97 @@ class Table:
             raise ValueError("data: the rows to write contain duplicate keys")
         return out
 
-    def write(self, data: pa.Table) -> int:
-        """Insert rows, replacing any row with the same key (idempotent). Returns the new version."""
+    def _groups(self, data: pa.Table) -> list[pa.Table]:
+        """Split conformed rows into the groups that get their own files (features: one per
+        (model, instruction, component, pooling, layer, stimulus set)), each in key order."""
+        if self._kind() != "features":
+            return [data]
+        data = data.sort_by([(c, "ascending") for c in FEATURE_ORDER])
+        if len(data) < 2:
+            return [data]
+        change = None
+        for c in FEATURE_GROUP:  # group columns are required, so never null
+            col = data.column(c)
+            ne = pc.not_equal(col.slice(1), col.slice(0, len(col) - 1))
+            change = ne if change is None else pc.or_(change, ne)
+        starts = pc.indices_nonzero(change).to_numpy() + 1
+        bounds = [0, *starts.tolist(), len(data)]
+        return [data.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def write_fragments(self, data: pa.Table, *, max_bytes_per_file: int | None = None) -> list[dict]:
+        """Write ``data`` as new data files without committing them; returns their metadata.
+
+        Nothing is visible to readers until :meth:`commit_fragments` is called with the
+        returned list (JSON-able, so a worker process can hand it to a coordinator).
+        """
+        data = self._conform(data)
+        frags: list[dict] = []
+        for group in self._groups(data) if len(data) else []:
+            written = lance.fragment.write_fragments(
+                group, self.uri, schema=self._ds.schema,
+                max_bytes_per_file=max_bytes_per_file or MAX_BYTES_PER_FILE,
+            )
+            frags += [f.to_json() for f in written]
+        return frags
+
+    def _fragment_keys(self, frags: Sequence[FragmentMetadata]) -> pa.Array:
+        from lance.file import LanceFileReader
+
+        keys = []
+        for f in frags:
+            for df in f.files:
+                if 0 not in df.fields:  # field 0 is ``key``
+                    continue
+                path = f"{self.uri}/data/{df.path}"
+                tbl = LanceFileReader(path, columns=["key"]).read_all().to_table()
+                keys.append(tbl.column("key").combine_chunks())
+        return pa.concat_arrays(keys) if keys else pa.array([], pa.string())
+
+    def commit_fragments(self, fragments: Iterable[dict | FragmentMetadata], *, filter: str | None = None) -> int:
+        """Make written fragments visible in one commit; rows already stored under the same keys
+        are replaced in that same commit (so a rerun never duplicates). Returns the new version.
+
+        ``filter`` (a SQL predicate) may narrow the search for stored rows with those keys.
+        """
+        frags = [f if isinstance(f, FragmentMetadata) else FragmentMetadata.from_json(json.dumps(f)) for f in fragments]
+        if not frags:
+            return self.refresh().version
+        new_keys = self._fragment_keys(frags)
+        if len(pc.unique(new_keys)) != len(new_keys):
+            raise ValueError("fragments: the fragments to commit hold duplicate keys (a shard committed twice?)")
+        ds = lance.dataset(self.uri)
+        removed, updated = [], []
+        if ds.count_rows():
+            old = ds.to_table(columns=["key"], filter=filter, with_row_address=True)
+            hit = old.filter(pc.is_in(old.column("key"), value_set=new_keys))
+            addr = hit.column("_rowaddr").to_numpy().astype(np.uint64)
+            for fid in np.unique(addr >> np.uint64(32)):
+                offsets = (addr[(addr >> np.uint64(32)) == fid] & np.uint64(0xFFFFFFFF)).tolist()
+                md = ds.get_fragment(int(fid)).delete_rows(offsets)
+                (removed.append(int(fid)) if md is None else updated.append(md))
+        if removed or updated:
+            op = LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated, new_fragments=frags)
+        else:
+            op = LanceOperation.Append(frags)
+        self._ds = lance.LanceDataset.commit(self.uri, op, read_version=ds.version)
+        self._pinned = False
+        return self._ds.version
+
+    def _write_filter(self, data: pa.Table) -> str | None:
+        return None
+
+    def write(self, data: pa.Table, *, max_bytes_per_file: int | None = None) -> int:
+        """Insert rows, replacing any row with the same key (idempotent). Returns the new version.
+
+        One commit: readers see all of the rows or none of them.
+        """
+        if self._pinned:
+            raise ValueError(f"this handle is a checkout of version {self.version}; refresh() to write the latest")
         data = self._conform(data)
         if len(data) == 0:
             return self._ds.version
-        if self._ds.count_rows() == 0:
-            self._ds = lance.write_dataset(data, self.uri, schema=self._ds.schema, mode="append")
-        else:
-            (
-                self._ds.merge_insert("key")
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute(data)
-            )
-            self._ds = lance.dataset(self.uri)
-        return self._ds.version
+        frags = self.write_fragments(data, max_bytes_per_file=max_bytes_per_file)
+        return self.commit_fragments(frags, filter=self._write_filter(data))
 
     def delete(self, predicate: str) -> int:
         """Delete rows matching a SQL predicate; returns the new version."""
@@ -194,18 +399,43 @@ class Table:
         self._ds = lance.dataset(self.uri)
         return self._ds.version
 
-    def compact(self) -> int:
-        """Merge small fragments into larger files (a new version with the same rows)."""
-        self._ds.optimize.compact_files()
-        self._ds = lance.dataset(self.uri)
+    def compact(self, *, max_bytes_per_file: int | None = None) -> int:
+        """Rewrite the table into few, large files (a new version with the same rows).
+
+        A features table is rewritten group by group, so every file still holds one
+        (model, instruction, component, pooling, layer, stimulus set) group in key order;
+        other tables use Lance's own compaction.
+        """
+        if self._kind() != "features":
+            self._ds.optimize.compact_files(max_bytes_per_file=max_bytes_per_file or MAX_BYTES_PER_FILE)
+            self._ds = lance.dataset(self.uri)
+            return self._ds.version
+        ds = lance.dataset(self.uri)
+        groups = ds.to_table(columns=list(FEATURE_GROUP)).group_by(list(FEATURE_GROUP)).aggregate([])
+        frags: list[FragmentMetadata] = []
+        for g in groups.to_pylist():
+            filt = " AND ".join(f"{c} = {_quote(v)}" for c, v in g.items())
+            part = ds.to_table(filter=filt).sort_by([(c, "ascending") for c in FEATURE_ORDER])
+            frags += lance.fragment.write_fragments(
+                part, self.uri, schema=ds.schema, max_bytes_per_file=max_bytes_per_file or MAX_BYTES_PER_FILE,
+            )
+        op = LanceOperation.Overwrite(ds.schema, frags)
+        self._ds = lance.LanceDataset.commit(self.uri, op, read_version=ds.version)
         return self._ds.version
 
     # ---- reading -------------------------------------------------------------------------
     def to_table(self, columns: Sequence[str] | None = None, filter: str | None = None) -> pa.Table:
         return self._ds.to_table(columns=list(columns) if columns else None, filter=filter)
 
+    def key_groups(self) -> list[str]:
+        """Columns whose distinct value combinations should each hold the same number of rows."""
+        return {"features": list(FEATURE_GROUP), "generations": ["model", "instruction_id"],
+                "scores": ["fit", "subject", "model", "instruction_id", "component", "layer", "pooling", "split"],
+                "partitions": ["fit", "subject", "region"]}.get(self._kind(), [])
+
     def verify(self) -> dict[str, Any]:
-        """Integrity report: row count, duplicate keys, nulls in required columns, provenance.
+        """Integrity report: row count, duplicate keys, nulls in required columns, provenance,
+        rows per key group, NaN/inf and vector sizes of list columns.
 
         ``report["ok"]`` is False when any problem was found; ``report["problems"]`` lists them.
         """
@@ -217,10 +447,37 @@ class Table:
             problems.append(f"{n - n_unique} duplicate key(s)")
         if not self.provenance:
             problems.append("provenance metadata is missing")
-        return {"rows": n, "version": self.version, "problems": problems, "ok": not problems}
+        report: dict[str, Any] = {"rows": n, "version": self.version}
+        for field in self._ds.schema:
+            if not field.nullable and field.name != "key" and not pa.types.is_nested(field.type):
+                nulls = self._ds.count_rows(filter=f"{field.name} IS NULL") if n else 0
+                if nulls:
+                    problems.append(f"{nulls} null(s) in required column {field.name!r}")
+        group = self.key_groups()
+        if n and group:
+            t = self._ds.to_table(columns=group)
+            counts = t.group_by(group).aggregate([([], "count_all")]).column("count_all").to_pylist()
+            report["rows_per_group"] = {"groups": len(counts), "min": min(counts), "max": max(counts)}
+            if min(counts) != max(counts):
+                problems.append(f"row counts differ between ({', '.join(group)}) groups: {min(counts)}..{max(counts)}")
+        for field in self._ds.schema:
+            if pa.types.is_fixed_size_list(field.type) and pa.types.is_floating(field.type.value_type) and n:
+                bad = 0
+                for batch in self._ds.to_batches(columns=[field.name]):
+                    values = batch.column(0).flatten().to_numpy(zero_copy_only=False)
+                    bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                    if values.size != batch.num_rows * field.type.list_size:
+                        problems.append(f"{field.name}: vector sizes differ from {field.type.list_size}")
+                if bad:
+                    problems.append(f"{bad} NaN/inf value(s) in {field.name!r}")
+        report["problems"] = problems
+        report["ok"] = not problems
+        return report
 
 
 def _quote(v: Any) -> str:
+    if v is None:
+        return "NULL"
     if isinstance(v, str):
         return "'" + v.replace("'", "''") + "'"
     return str(int(v)) if isinstance(v, (int, np.integer)) else repr(float(v))
@@ -233,6 +490,19 @@ def _in(col: str, values) -> str | None:
     if not vals:
         raise ValueError(f"{col}: expected at least one value, got an empty selection")
     return f"{col} IN ({', '.join(_quote(v) for v in vals)})"
+
+
+def selection_filter(
+    *, model=None, instruction=None, layer=None, component=None, stimulus_set=None, runs=None, pooling=None,
+    where: str | None = None,
+) -> str | None:
+    """The SQL predicate of a :meth:`FeatureStore.read` selection (None selects everything)."""
+    preds = [
+        _in("model", model), _in("instruction_id", instruction), _in("layer", layer),
+        _in("component", component), _in("stimulus_set", stimulus_set), _in("run", runs),
+        _in("pooling", pooling), f"({where})" if where else None,
+    ]
+    return " AND ".join(p for p in preds if p) or None
 
 
 class FeatureStore(Table):
@@ -261,11 +531,7 @@ class FeatureStore(Table):
         t = self._ds.schema.field("embedding").type.value_type
         return "float16" if t == pa.float16() else "float32"
 
-    def write(self, keys: pa.Table | Mapping[str, Any], embeddings: np.ndarray | None = None) -> int:
-        """Write rows: ``keys`` (an Arrow table or column mapping) plus ``embeddings (n, dim)``.
-
-        Rows whose keys already exist are replaced, so rewriting is idempotent.
-        """
+    def _with_embeddings(self, keys: pa.Table | Mapping[str, Any], embeddings: np.ndarray | None) -> pa.Table:
         table = keys if isinstance(keys, pa.Table) else pa.table(dict(keys))
         if embeddings is not None:
             emb = np.asarray(embeddings)
@@ -274,11 +540,34 @@ class FeatureStore(Table):
             if not np.isfinite(emb).all():
                 raise ValueError("embeddings: contains NaN or infinite values")
             value_type = self._ds.schema.field("embedding").type.value_type
-            flat = pa.array(emb.astype(np.float16 if value_type == pa.float16() else np.float32).ravel())
+            flat = pa.array(emb.astype(np.float16 if value_type == pa.float16() else np.float32, copy=False).ravel())
+            if value_type == pa.float16() and not np.isfinite(flat.to_numpy()).all():
+                raise ValueError("embeddings: values overflow float16 storage (|x| > 65504)")
             table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, self.dim))
         elif "embedding" not in table.column_names:
             raise ValueError("embeddings: pass an (n, dim) array or an 'embedding' column")
-        return super().write(table)
+        return table
+
+    def write(  # type: ignore[override]
+        self, keys: pa.Table | Mapping[str, Any], embeddings: np.ndarray | None = None, *,
+        max_bytes_per_file: int | None = None,
+    ) -> int:
+        """Write rows: ``keys`` (an Arrow table or column mapping) plus ``embeddings (n, dim)``.
+
+        Rows whose keys already exist are replaced, so rewriting is idempotent. One commit.
+        """
+        return super().write(self._with_embeddings(keys, embeddings), max_bytes_per_file=max_bytes_per_file)
+
+    def write_fragments(  # type: ignore[override]
+        self, keys: pa.Table | Mapping[str, Any], embeddings: np.ndarray | None = None, *,
+        max_bytes_per_file: int | None = None,
+    ) -> list[dict]:
+        """Write a shard's rows as uncommitted data files; see :meth:`Table.commit_fragments`."""
+        return super().write_fragments(self._with_embeddings(keys, embeddings), max_bytes_per_file=max_bytes_per_file)
+
+    def _write_filter(self, data: pa.Table) -> str | None:
+        # only stored rows of the groups being written can share a key with them
+        return " AND ".join(_in(c, pc.unique(data.column(c)).to_pylist()) for c in ("model", "instruction_id", "layer"))
 
     def read(
         self, *, model=None, instruction=None, layer=None, component=None, stimulus_set=None,
@@ -291,56 +580,42 @@ class FeatureStore(Table):
         sorted by stimulus_set, model, instruction_id, component, pooling, layer, run, tr,
         stimulus_id.
         """
-        preds = [
-            _in("model", model), _in("instruction_id", instruction), _in("layer", layer),
-            _in("component", component), _in("stimulus_set", stimulus_set), _in("run", runs),
-            _in("pooling", pooling), f"({where})" if where else None,
-        ]
-        filt = " AND ".join(p for p in preds if p) or None
+        filt = selection_filter(
+            model=model, instruction=instruction, layer=layer, component=component, stimulus_set=stimulus_set,
+            runs=runs, pooling=pooling, where=where,
+        )
         key_cols = [c for c in self._ds.schema.names if c not in ("embedding", "key")]
         want = list(dict.fromkeys([*(columns or key_cols)]))
-        sort_cols = ["stimulus_set", "model", "instruction_id", "component", "pooling", "layer", "run", "tr", "stimulus_id"]
-        tbl = self._ds.to_table(columns=list(dict.fromkeys([*want, *sort_cols, "embedding"])), filter=filt)
+        tbl = self._ds.to_table(columns=list(dict.fromkeys([*want, *FEATURE_ORDER, "embedding"])), filter=filt)
         if len(tbl) == 0:
-            available = self.available()
-            raise ValueError(f"selection: no rows match ({filt}); the table holds {available}")
-        tbl = tbl.sort_by([(c, "ascending") for c in sort_cols])
+            raise ValueError(f"selection: no rows match ({filt}); the table holds {self.available()}")
+        order = pc.sort_indices(tbl.select(list(FEATURE_ORDER)), [(c, "ascending") for c in FEATURE_ORDER])
         emb = tbl.column("embedding").combine_chunks()
-        values = emb.flatten().to_numpy(zero_copy_only=False)
-        arr = np.ascontiguousarray(values.reshape(len(tbl), self.dim), dtype=np.float32)
-        return tbl.select(want), arr
+        values = emb.values.to_numpy(zero_copy_only=False)[emb.offset * self.dim:(emb.offset + len(emb)) * self.dim]
+        arr = values.reshape(len(tbl), self.dim)
+        idx = order.to_numpy()
+        if not np.array_equal(idx, np.arange(len(idx))):
+            arr = arr[idx]
+            tbl = tbl.select(want).take(order)
+        else:
+            tbl = tbl.select(want)
+        return tbl, np.ascontiguousarray(arr, dtype=np.float32)
 
     def available(self) -> dict[str, list]:
-        """Distinct models, instructions, components, layers and stimulus sets in the table."""
+        """Distinct models, instructions, components, layers, stimulus sets and poolings."""
         cols = ["model", "instruction_id", "component", "layer", "stimulus_set", "pooling"]
         t = self._ds.to_table(columns=cols)
         return {c: sorted(pc.unique(t.column(c)).to_pylist()) for c in cols}
-
-    def verify(self) -> dict[str, Any]:
-        """:meth:`Table.verify` plus NaN/inf, dimension, and rows per key group."""
-        report = super().verify()
-        problems = report["problems"]
-        t = self._ds.to_table(columns=["model", "instruction_id", "component", "layer", "pooling", "embedding"])
-        if len(t):
-            values = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            bad = int(values.size - np.isfinite(values).sum())
-            if bad:
-                problems.append(f"{bad} NaN/inf value(s) in embeddings")
-            if values.size != len(t) * self.dim:
-                problems.append("embedding sizes differ from the schema dimension")
-            groups = t.group_by(["model", "instruction_id", "component", "layer", "pooling"]).aggregate([("layer", "count")])
-            counts = groups.column("layer_count").to_pylist()
-            report["rows_per_group"] = {"groups": len(counts), "min": min(counts), "max": max(counts)}
-            if min(counts) != max(counts):
-                problems.append(f"row counts differ between (model, instruction, layer) groups: {min(counts)}..{max(counts)}")
-        report["ok"] = not problems
-        return report
 
 
 def open_table(uri: str | Path, version: int | str | None = None) -> Table:
     """Open any brainalign table; a features table opens as a :class:`FeatureStore`."""
     t = Table.open(uri, version)
-    return FeatureStore(t.dataset, t.uri) if t.table_kind == "features" else t
+    if t.table_kind == "features":
+        fs = FeatureStore(t.dataset, t.uri)
+        fs._pinned = t._pinned
+        return fs
+    return t
 
 
 def create_table(uri: str | Path, kind: str, *, provenance=None, exist_ok: bool = False, **schema_args) -> Table:

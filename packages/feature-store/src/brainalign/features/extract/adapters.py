@@ -1,0 +1,755 @@
+"""Model adapters: one small interface between the runner and any model.
+
+An adapter turns a batch of :class:`~brainalign.features.stimuli.Stimulus` items read under
+one instruction into hidden states plus token-span masks, per component. The runner does
+everything else (layer selection, pooling, batching, resume, sharding, provenance, storage).
+
+Plugging in a model outside transformers (e.g. Kimi-Audio): subclass :class:`Adapter` and
+implement
+
+- ``components() -> {component: (n_states, dim)}`` (layer 0 = embedding output);
+- ``render(instruction, item) -> Rendered`` (the prompt text, for provenance and ``dry_run``);
+- ``forward(items, instruction, components, responses=None) -> {component: States}`` where
+  :class:`States` holds ``hidden`` — a sequence of ``n_states`` arrays ``(batch, seq, dim)``
+  (torch or numpy) — and boolean span masks ``(batch, seq)`` named like the pooling spans;
+- optionally ``generate(items, instruction, max_new_tokens) -> list[list[int]]`` and
+  ``decode(ids) -> str`` for response embeddings;
+- ``provenance() -> dict`` (model id, revision, library versions, dtype, ...).
+
+:func:`load_adapter` picks the transformers family of a checkpoint from its config:
+causal LMs (GPT-2, Llama, Qwen2, ...), encoders (BERT / MiniLM), encoder-decoders (T5 /
+Flan-T5), and multimodal chat models through their processor (LLaVA-1.5, Qwen2-VL,
+Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT-Video, Video-LLaVA, InternVL ``-hf``, InstructBLIP(-Video),
+IDEFICS, Qwen2-Audio, Qwen2.5-Omni thinker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..instructions import Instruction
+from ..stimuli import Stimulus, load_audio_window, load_image, load_video_clip
+from .prompts import Rendered, Template, align_expanded, char_span_to_tokens, render_template, sha256
+
+
+@dataclass
+class States:
+    """Hidden states of one component for a batch.
+
+    ``hidden``: ``n_states`` tensors ``(batch, seq, dim)``; ``spans``: boolean masks
+    ``(batch, seq)`` per pooling span; ``fallback``: ``(batch,)`` position used when a span is
+    empty (the last prompt token before it); ``lengths``: non-padding length per item.
+    """
+
+    hidden: Sequence[Any]
+    spans: dict[str, torch.Tensor]
+    fallback: torch.Tensor | None = None
+
+
+class Adapter:
+    """Base class of model adapters; see the module docstring for the contract."""
+
+    model_id: str = "custom"
+    default_components: tuple[str, ...] = ("lm",)
+
+    def components(self) -> dict[str, tuple[int, int | None]]:
+        """Main components: ``{name: (n_states, dim)}``; ``dim`` may be None if unknown."""
+        raise NotImplementedError
+
+    def all_components(self) -> dict[str, tuple[int, int | None]]:
+        """Main plus optional components (vision tower, projector, Q-Former, ...)."""
+        return self.components()
+
+    def spans_for(self, component: str, response: bool = False) -> tuple[str, ...]:
+        """The pooling spans a component supports (others are not written for it); ``response``
+        says whether responses are generated in this run."""
+        if component in ("lm", "encoder"):
+            return ("stimulus", "tr_words", "instruction", "all", "last", "response")
+        return ("all",)
+
+    def render(self, instruction: Instruction, item: Stimulus) -> Rendered:
+        raise NotImplementedError
+
+    def prompt_skeleton(self, instruction: Instruction, item: Stimulus) -> str:
+        """The rendered prompt with ``{stimulus}`` where the stimulus text goes (for provenance)."""
+        text = "{stimulus}" if item.text is not None else None
+        return self.render(instruction, Stimulus(stimulus_id="_", text=text, focus=None,
+                                                 images=item.images, video=item.video, audio=item.audio)).text
+
+    def forward(self, items: Sequence[Stimulus], instruction: Instruction, components: Sequence[str],
+                responses: Sequence[Sequence[int]] | None = None) -> dict[str, States]:
+        raise NotImplementedError
+
+    def generate(self, items: Sequence[Stimulus], instruction: Instruction, max_new_tokens: int) -> list[list[int]]:
+        raise NotImplementedError(f"{type(self).__name__} does not generate responses")
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def provenance(self) -> dict[str, Any]:
+        return {"model": self.model_id, "adapter": type(self).__name__}
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _local_revision(path: Path) -> str:
+    """A content hash of a local checkpoint directory (config + weight file names and sizes)."""
+    h = hashlib.sha256()
+    for p in sorted(path.iterdir()):
+        if p.is_file() and (p.suffix in (".json", ".safetensors", ".bin", ".model", ".txt", ".jinja")):
+            h.update(p.name.encode())
+            h.update(str(p.stat().st_size).encode())
+            if p.suffix in (".json", ".jinja") or p.stat().st_size < 1 << 20:
+                h.update(p.read_bytes())
+    return "local-sha256:" + h.hexdigest()
+
+
+def _pad_right(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _masks_from_offsets(offsets: np.ndarray, spans: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    return {name: char_span_to_tokens(offsets, span) for name, span in spans.items()}
+
+
+def _fallback(n_prompt: int, masks: dict[str, np.ndarray], name: str) -> int:
+    """Last prompt token before span ``name`` would start (the stimulus span's end for an empty
+    ``tr_words``), else the last prompt token."""
+    if name == "tr_words" and "stimulus" in masks and masks["stimulus"].any():
+        return int(np.flatnonzero(masks["stimulus"])[-1])
+    return n_prompt - 1
+
+
+class TransformersAdapter(Adapter):
+    """Shared loading, provenance and tokenisation of transformers checkpoints."""
+
+    def __init__(
+        self, model_id: str | Path, *, revision: str | None = None, device: str = "cpu", dtype: str = "float32",
+        trust_remote_code: bool = False, attn_implementation: str | None = None, device_map: Any = None,
+        use_chat_template: bool | None = None, layout: str = "instruction_first", system_prompt: str | None = None,
+        allow_pickle: bool = False,
+    ):
+        import transformers
+
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype: expected one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
+        self.model_id = str(model_id)
+        self.revision = revision
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.trust_remote_code = bool(trust_remote_code)
+        self.layout = layout
+        self.system_prompt = system_prompt
+        self.use_chat_template = use_chat_template
+        self._load_kwargs = dict(revision=revision or "main", trust_remote_code=self.trust_remote_code)
+        self._model_kwargs = dict(
+            **self._load_kwargs, dtype=TORCH_DTYPES[dtype], attn_implementation=attn_implementation,
+            use_safetensors=None if allow_pickle else True,
+        )
+        if device_map is not None:
+            self._model_kwargs["device_map"] = device_map
+        self.config = transformers.AutoConfig.from_pretrained(self.model_id, **self._load_kwargs)
+        self._device_map = device_map
+        self._model = None
+        self._load()
+        self._templates: dict[tuple, Template] = {}
+
+    @property
+    def model(self):
+        """The model, loaded on first use (a ``dry_run`` needs only the tokenizer/processor)."""
+        if self._model is None:
+            model = self._load_model()
+            model.eval()
+            if self._device_map is None:
+                model.to(self.device)
+            self._model = model
+        return self._model
+
+    # subclasses: _load sets self.tokenizer (and self.processor); _load_model returns the model
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _load_model(self):
+        raise NotImplementedError
+
+    @property
+    def _chat(self):
+        owner = getattr(self, "processor", None) or self.tokenizer
+        has = getattr(owner, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        use = self.use_chat_template if self.use_chat_template is not None else bool(has)
+        if use and not has:
+            raise ValueError(f"use_chat_template: {self.model_id} has no chat template")
+        return owner.apply_chat_template if use else None
+
+    def _media(self, item: Stimulus) -> tuple[str, ...]:
+        return ()
+
+    def template(self, instruction: Instruction, item: Stimulus) -> Template:
+        media = self._media(item)
+        key = (instruction.id, bool(instruction.text), item.text is not None, media)
+        if key not in self._templates:
+            self._templates[key] = render_template(
+                self._chat, has_instruction=bool(instruction.text), has_text=item.text is not None, media=media,
+                layout=self.layout, system=self.system_prompt,
+            )
+        return self._templates[key]
+
+    def render(self, instruction: Instruction, item: Stimulus) -> Rendered:
+        return self.template(instruction, item).fill(instruction.text, item.text or "", item.focus)
+
+    def _add_special(self, text: str) -> bool:
+        bos = self.tokenizer.bos_token
+        return not (bos and text.startswith(bos))
+
+    def _tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
+        enc = self.tokenizer(text, add_special_tokens=self._add_special(text), return_offsets_mapping=True)
+        return list(enc["input_ids"]), np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
+
+    @property
+    def _stop_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None)
+        ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
+        return {int(i) for i in ids if i is not None}
+
+    def _trim(self, ids: Sequence[int]) -> list[int]:
+        out = []
+        for t in ids:
+            if int(t) in self._stop_ids:
+                break
+            out.append(int(t))
+        return out
+
+    def _model_revision(self) -> str:
+        path = Path(self.model_id)
+        if path.is_dir():
+            return _local_revision(path)
+        return getattr(self.config, "_commit_hash", None) or self.revision or "unknown"
+
+    def provenance(self) -> dict[str, Any]:
+        import transformers
+
+        return {
+            "model": self.model_id, "adapter": type(self).__name__, "model_type": self.config.model_type,
+            "revision_requested": self.revision, "revision": self._model_revision(), "dtype": self.dtype,
+            "device": str(self.device), "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+            "trust_remote_code": self.trust_remote_code, "transformers": transformers.__version__,
+            "torch": torch.__version__, "python": platform.python_version(), "layout": self.layout,
+            "chat_template": bool(self._chat), "system_prompt": self.system_prompt,
+            "chat_template_sha256": sha256(str(getattr(getattr(self, "processor", None) or self.tokenizer,
+                                                       "chat_template", None) or "")),
+        }
+
+    def _text_inputs(self, items, instruction, responses=None):
+        """Right-padded ids of prompt (+ response) per item and numpy span masks."""
+        seqs, masks, fallbacks = [], [], []
+        for b, item in enumerate(items):
+            r = self.render(instruction, item)
+            ids, offsets = self._tokenize(r.text)
+            m = _masks_from_offsets(offsets, r.spans)
+            n_prompt = len(ids)
+            resp = list(responses[b]) if responses is not None else []
+            full = ids + resp
+            pad = np.zeros(len(resp), dtype=bool)
+            m = {k: np.concatenate([v, pad]) for k, v in m.items()}
+            m["all"] = np.concatenate([np.ones(n_prompt, bool), pad])
+            m["last"] = np.zeros(len(full), bool)
+            m["last"][n_prompt - 1] = True
+            if responses is not None:
+                m["response"] = np.concatenate([np.zeros(n_prompt, bool), np.ones(len(resp), bool)])
+            seqs.append(full)
+            masks.append(m)
+            fallbacks.append({k: _fallback(n_prompt, m, k) for k in m})
+        return seqs, masks, fallbacks
+
+
+def _stack_masks(masks: list[dict[str, np.ndarray]], fallbacks: list[dict[str, int]], seq: int):
+    names = set().union(*[m.keys() for m in masks])
+    spans, fb = {}, {}
+    for name in names:
+        arr = np.zeros((len(masks), seq), dtype=bool)
+        for i, m in enumerate(masks):
+            if name in m:
+                arr[i, : len(m[name])] = m[name]
+        spans[name] = torch.from_numpy(arr)
+        fb[name] = torch.as_tensor([f.get(name, 0) for f in fallbacks], dtype=torch.long)
+    return spans, fb
+
+
+# ---- text: causal LMs and encoders -----------------------------------------------------------
+class CausalLMAdapter(TransformersAdapter):
+    """Decoder-only LMs (GPT-2, Llama, Qwen2, Mistral, ...): component ``lm``."""
+
+    def _load(self):
+        import transformers
+
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_id, **self._load_kwargs)
+
+    def _load_model(self):
+        import transformers
+
+        return transformers.AutoModelForCausalLM.from_pretrained(self.model_id, **self._model_kwargs)
+
+    def components(self):
+        c = self.config.get_text_config()
+        return {"lm": (c.num_hidden_layers + 1, c.hidden_size)}
+
+    def _forward_ids(self, ids, mask):
+        kw = {"logits_to_keep": 1} if hasattr(self.model, "lm_head") else {}
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         output_hidden_states=True, return_dict=True, use_cache=False, **kw)
+        return out.hidden_states
+
+    def forward(self, items, instruction, components, responses=None):
+        seqs, masks, fbs = self._text_inputs(items, instruction, responses)
+        ids, mask = _pad_right(seqs, self._pad_id)
+        spans, fb = _stack_masks(masks, fbs, ids.shape[1])
+        with torch.inference_mode():
+            hidden = self._forward_ids(ids, mask)
+        return {"lm": States(hidden, spans, fb)}
+
+    def generate(self, items, instruction, max_new_tokens):
+        seqs = [self._tokenize(self.render(instruction, it).text)[0] for it in items]
+        n = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), n), self._pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):  # left padding for batched decoding
+            ids[i, n - len(s):] = torch.as_tensor(s)
+            mask[i, n - len(s):] = 1
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self._pad_id)
+        return [self._trim(row[n:].tolist()) for row in out]
+
+
+class EncoderAdapter(CausalLMAdapter):
+    """Bidirectional encoders (BERT, MiniLM, RoBERTa): component ``lm``; no generation."""
+
+    def _load(self):
+        import transformers
+
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_id, **self._load_kwargs)
+
+    def _load_model(self):
+        import transformers
+
+        return transformers.AutoModel.from_pretrained(self.model_id, **self._model_kwargs)
+
+    def _forward_ids(self, ids, mask):
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         output_hidden_states=True, return_dict=True)
+        return out.hidden_states
+
+    def generate(self, items, instruction, max_new_tokens):
+        raise NotImplementedError(f"{self.model_id} is an encoder; it cannot generate responses")
+
+
+class Seq2SeqAdapter(TransformersAdapter):
+    """Encoder-decoder LMs (T5, Flan-T5): components ``encoder`` and ``decoder``.
+
+    Decoder feeding: the encoder reads the whole prompt. The decoder is fed the decoder start
+    token followed by, in order of precedence, the generated response (when response pooling
+    is requested, so the response is embedded in the same pass), or — with
+    ``decoder_input="stimulus"`` (default) — the stimulus text re-tokenised (teacher forcing, so
+    decoder states exist for the stimulus and ``tr_words`` spans), or with
+    ``decoder_input="start"`` the start token alone. Decoder span masks refer to decoder
+    positions; ``instruction`` is empty on the decoder side and falls back to its last token.
+    """
+
+    default_components = ("encoder", "decoder")
+
+    def __init__(self, *args, decoder_input: str = "stimulus", **kw):
+        if decoder_input not in ("stimulus", "start"):
+            raise ValueError(f"decoder_input: expected 'stimulus' or 'start', got {decoder_input!r}")
+        self.decoder_input = decoder_input
+        super().__init__(*args, **kw)
+
+    def _load(self):
+        import transformers
+
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_id, **self._load_kwargs)
+
+    def _load_model(self):
+        import transformers
+
+        return transformers.AutoModelForSeq2SeqLM.from_pretrained(self.model_id, **self._model_kwargs)
+
+    def components(self):
+        c = self.config
+        return {"encoder": (c.num_layers + 1, c.d_model), "decoder": (c.num_decoder_layers + 1, c.d_model)}
+
+    def provenance(self):
+        return {**super().provenance(), "decoder_input": self.decoder_input}
+
+    def spans_for(self, component, response=False):
+        if component == "encoder":
+            return ("stimulus", "tr_words", "instruction", "all", "last")
+        if component == "decoder":
+            if response:
+                return ("all", "last", "response")
+            return ("stimulus", "tr_words", "all", "last") if self.decoder_input == "stimulus" else ("all", "last")
+        return ("all",)
+
+    def forward(self, items, instruction, components, responses=None):
+        seqs, masks, fbs = self._text_inputs(items, instruction, None)
+        ids, mask = _pad_right(seqs, self._pad_id)
+        spans, fb = _stack_masks(masks, fbs, ids.shape[1])
+        start = int(self.model.config.decoder_start_token_id)
+        dseqs, dmasks, dfbs = [], [], []
+        for b, item in enumerate(items):
+            m: dict[str, np.ndarray] = {}
+            if responses is not None:
+                body = list(responses[b])
+                m["response"] = np.array([False] + [True] * len(body))
+            elif self.decoder_input == "stimulus" and item.text:
+                enc = self.tokenizer(item.text, add_special_tokens=False, return_offsets_mapping=True)
+                body = list(enc["input_ids"])
+                off = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+                m["stimulus"] = np.concatenate([[False], char_span_to_tokens(off, (0, len(item.text)))])
+                if item.focus is not None:
+                    m["tr_words"] = np.concatenate([[False], char_span_to_tokens(off, item.focus)])
+            else:
+                body = []
+            seq = [start, *body]
+            m["all"] = np.ones(len(seq), bool)
+            m["last"] = np.zeros(len(seq), bool)
+            m["last"][-1] = True
+            dseqs.append(seq)
+            dmasks.append(m)
+            dfbs.append({k: (int(np.flatnonzero(m["stimulus"])[-1]) if k == "tr_words" and m.get("stimulus", np.zeros(1)).any()
+                             else (0 if k == "response" else len(seq) - 1)) for k in [*m, "instruction", "stimulus", "tr_words"]})
+        dids, dmask = _pad_right(dseqs, self._pad_id)
+        dspans, dfb = _stack_masks(dmasks, dfbs, dids.shape[1])
+        for name in ("instruction", "stimulus", "tr_words"):
+            dspans.setdefault(name, torch.zeros_like(dmask, dtype=torch.bool))
+            dfb.setdefault(name, dmask.sum(1) - 1)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                             decoder_input_ids=dids.to(self.device), decoder_attention_mask=dmask.to(self.device),
+                             output_hidden_states=True, return_dict=True)
+        return {"encoder": States(out.encoder_hidden_states, spans, fb),
+                "decoder": States(out.decoder_hidden_states, dspans, dfb)}
+
+    def generate(self, items, instruction, max_new_tokens):
+        seqs, _, _ = self._text_inputs(items, instruction, None)
+        ids, mask = _pad_right(seqs, self._pad_id)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      do_sample=False, max_new_tokens=max_new_tokens)
+        return [self._trim(row[1:].tolist()) for row in out]
+
+
+# ---- multimodal chat models through their processor -----------------------------------------
+MULTIMODAL_CLASSES = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "llava_next_video": "LlavaNextVideoForConditionalGeneration",
+    "video_llava": "VideoLlavaForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "internvl": "InternVLForConditionalGeneration",
+    "instructblip": "InstructBlipForConditionalGeneration",
+    "instructblipvideo": "InstructBlipVideoForConditionalGeneration",
+    "idefics": "IdeficsForVisionText2Text",
+    "idefics2": "Idefics2ForConditionalGeneration",
+    "idefics3": "Idefics3ForConditionalGeneration",
+    "qwen2_audio": "Qwen2AudioForConditionalGeneration",
+    "qwen2_5_omni": "Qwen2_5OmniThinkerForConditionalGeneration",
+    "qwen2_5_omni_thinker": "Qwen2_5OmniThinkerForConditionalGeneration",
+}
+
+_VISION_PATHS = ("model.visual", "visual", "model.vision_tower", "vision_tower", "model.vision_model", "vision_model")
+_PROJECTOR_PATHS = ("model.visual.merger", "visual.merger", "model.multi_modal_projector", "multi_modal_projector",
+                    "model.language_projection", "language_projection")
+_QFORMER_PATHS = ("model.qformer", "qformer")
+
+
+def _get(module, path: str):
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def _block_list(module) -> tuple[Any, Any] | None:
+    """(embedding module, layer ModuleList) of a vision tower / Q-Former."""
+    layers = None
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.ModuleList) and name.split(".")[-1] in ("layers", "blocks", "layer") and len(sub):
+            layers = sub
+            break
+    emb = None
+    for name in ("embeddings", "patch_embed", "vision_model.embeddings"):
+        emb = _get(module, name)
+        if emb is not None:
+            break
+    return (emb, layers) if layers is not None else None
+
+
+class MultimodalAdapter(TransformersAdapter):
+    """Chat MLLMs loaded with their processor: component ``lm`` (the language model's hidden
+    states over the full multimodal sequence) and optional ``vision`` (vision tower blocks,
+    layer 0 = patch embeddings), ``projector`` (one state) and ``qformer`` — each mean-pooled
+    over all patches/queries of an item (pooling ``all``), captured by forward hooks during the
+    same forward pass."""
+
+    def _load(self):
+        import transformers
+
+        self.processor = transformers.AutoProcessor.from_pretrained(self.model_id, **self._load_kwargs)
+        self.tokenizer = getattr(self.processor, "tokenizer", None) or self.processor
+        self.media_ids = self._find_media_ids()
+
+    def _load_model(self):
+        import transformers
+
+        cls_name = MULTIMODAL_CLASSES.get(self.config.model_type)
+        cls = getattr(transformers, cls_name) if cls_name else transformers.AutoModelForImageTextToText
+        return cls.from_pretrained(self.model_id, **self._model_kwargs)
+
+    def _find_media_ids(self) -> set[int]:
+        ids = set()
+        for attr in ("image_token", "video_token", "audio_token"):
+            tok = getattr(self.processor, attr, None)
+            if isinstance(tok, str):
+                tid = self.tokenizer.convert_tokens_to_ids(tok)
+                if tid is not None and tid != self.tokenizer.unk_token_id:
+                    ids.add(int(tid))
+        for attr in ("image_token_id", "image_token_index", "video_token_id", "video_token_index",
+                     "audio_token_id", "audio_token_index"):
+            v = getattr(self.config, attr, None)
+            if isinstance(v, int):
+                ids.add(v)
+        return ids
+
+    def _media(self, item):
+        if item.video is not None:
+            return ("video",)
+        if item.audio is not None:
+            return ("audio",)
+        if item.images:
+            return ("image",) * len(item.images)
+        return ()
+
+    def components(self):
+        c = self.config.get_text_config()
+        return {"lm": (c.num_hidden_layers + 1, c.hidden_size)}
+
+    def all_components(self) -> dict[str, tuple[int, int | None]]:
+        """``components()`` plus the optional vision tower / projector / Q-Former (loads the model)."""
+        out = dict(self.components())
+        for comp, (emb, layers) in self._vision_modules().items():
+            out[comp] = (len(layers) + (emb is not None) if layers is not None else 1, None)
+        return out
+
+    def _vision_modules(self) -> dict[str, tuple[Any, Any]]:
+        found: dict[str, tuple[Any, Any]] = {}
+        for p in _VISION_PATHS:
+            m = _get(self.model, p)
+            if m is not None and (bl := _block_list(m)) is not None:
+                found["vision"] = bl
+                break
+        for p in _PROJECTOR_PATHS:
+            m = _get(self.model, p)
+            if m is not None:
+                found["projector"] = (m, None)
+                break
+        for p in _QFORMER_PATHS:
+            m = _get(self.model, p)
+            if m is not None and (bl := _block_list(m)) is not None:
+                found["qformer"] = bl
+                break
+        return found
+
+    def _processor_inputs(self, items, texts, padding_side: str):
+        kw: dict[str, Any] = {"text": list(texts), "return_tensors": "pt", "padding": True}
+        modality = {self._media(it)[:1] for it in items}
+        if len(modality) != 1:
+            raise ValueError("items: a batch must hold one kind of media")
+        (kind,) = modality
+        if kind == ("image",):
+            kw["images"] = [load_image(im) for it in items for im in it.images]
+        elif kind == ("video",):
+            kw["videos"] = [load_video_clip(it) for it in items]
+        elif kind == ("audio",):
+            kw["audio"] = [load_audio_window(it) for it in items]
+            kw["sampling_rate"] = items[0].sample_rate
+        tok = self.tokenizer
+        old = tok.padding_side
+        tok.padding_side = padding_side
+        try:
+            return self.processor(**kw)
+        finally:
+            tok.padding_side = old
+
+    def _item_masks(self, text: str, spans, row_ids: list[int]):
+        short, offsets = self._tokenize(text)
+        pos = align_expanded(short, row_ids, self.media_ids)
+        n = len(row_ids)
+        m = {}
+        for name, mask in _masks_from_offsets(offsets, spans).items():
+            arr = np.zeros(n, bool)
+            arr[pos[mask]] = True
+            m[name] = arr
+        media = np.isin(np.asarray(row_ids), list(self.media_ids)) if self.media_ids else np.zeros(n, bool)
+        m["stimulus"] = m.get("stimulus", np.zeros(n, bool)) | media
+        return m
+
+    def forward(self, items, instruction, components, responses=None):
+        rendered = [self.render(instruction, it) for it in items]
+        inputs = self._processor_inputs(items, [r.text for r in rendered], "right")
+        ids, attn = inputs["input_ids"], inputs["attention_mask"]
+        seqs, masks, fbs = [], [], []
+        per_token = [k for k, v in inputs.items() if torch.is_tensor(v) and v.dim() == 2 and v.shape == ids.shape
+                     and k not in ("input_ids", "attention_mask")]
+        extra_rows: dict[str, list] = {k: [] for k in per_token}
+        for b, r in enumerate(rendered):
+            n = int(attn[b].sum())
+            row = ids[b, :n].tolist()
+            m = self._item_masks(r.text, r.spans, row)
+            resp = list(responses[b]) if responses is not None else []
+            pad = np.zeros(len(resp), bool)
+            m = {k: np.concatenate([v, pad]) for k, v in m.items()}
+            m["all"] = np.concatenate([np.ones(n, bool), pad])
+            m["last"] = np.zeros(n + len(resp), bool)
+            m["last"][n - 1] = True
+            if responses is not None:
+                m["response"] = np.concatenate([np.zeros(n, bool), np.ones(len(resp), bool)])
+            seqs.append(row + resp)
+            masks.append(m)
+            fbs.append({k: _fallback(n, m, k) for k in m})
+            for k in per_token:
+                extra_rows[k].append(inputs[k][b, :n].tolist() + [0] * len(resp))
+        new_ids, new_mask = _pad_right(seqs, self._pad_id)
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", *per_token)}
+        for k in per_token:
+            model_inputs[k] = _pad_right(extra_rows[k], 0)[0].to(inputs[k].dtype)
+        model_inputs["input_ids"], model_inputs["attention_mask"] = new_ids, new_mask
+        spans, fb = _stack_masks(masks, fbs, new_ids.shape[1])
+
+        wanted = {c: m for c, m in self._vision_modules().items() if c in components}
+        captured: dict[str, list] = {c: [] for c in wanted}
+        hooks = []
+
+        def grab(comp):
+            def hook(_mod, _inp, out):
+                t = out[0] if isinstance(out, (tuple, list)) else getattr(out, "last_hidden_state", out)
+                if hasattr(t, "pooler_output") and not torch.is_tensor(t):
+                    t = t.last_hidden_state
+                captured[comp].append(t.detach())
+            return hook
+
+        for comp, (emb, layers) in wanted.items():
+            mods = ([emb] if emb is not None else []) + (list(layers) if layers is not None else [])
+            hooks += [mod.register_forward_hook(grab(comp)) for mod in mods]
+        try:
+            with torch.inference_mode():
+                out = self.model(**{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in model_inputs.items()},
+                                 output_hidden_states=True, return_dict=True, use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        hidden = out.hidden_states
+        if hidden is None or (isinstance(hidden, tuple) and torch.is_tensor(hidden[0]) is False):
+            raise ValueError(f"{self.model_id}: the model returned no language-model hidden states")
+        result = {"lm": States(hidden, spans, fb)}
+        for comp, states in captured.items():
+            pooled = [self._pool_component(t, items, inputs, comp) for t in states]
+            ones = torch.ones((len(items), 1), dtype=torch.bool)
+            result[comp] = States([p[:, None, :] for p in pooled], {"all": ones}, torch.zeros(len(items), dtype=torch.long))
+        return result
+
+    def _pool_component(self, t: torch.Tensor, items, inputs, comp: str) -> torch.Tensor:
+        """Mean over every patch / query of each item: ``(batch, dim)`` float32."""
+        B = len(items)
+        t = t.to(torch.float32)
+        if t.dim() == 2:  # packed patches (Qwen-VL): split by the items' grid sizes
+            grid = inputs.get("image_grid_thw")
+            if grid is None:
+                grid = inputs.get("video_grid_thw")
+            counts = grid.prod(dim=1)
+            total = int(counts.sum())
+            if t.shape[0] != total:  # after the patch merger
+                counts = counts * t.shape[0] // total
+            per_item = counts.reshape(B, -1).sum(1).tolist()
+            return torch.stack([c.mean(0) for c in torch.split(t, per_item)])
+        if t.shape[0] % B:
+            raise ValueError(f"{comp}: cannot split {t.shape[0]} images/patch groups over {B} items")
+        return t.reshape(B, -1, t.shape[-1]).mean(1)
+
+    def generate(self, items, instruction, max_new_tokens):
+        rendered = [self.render(instruction, it) for it in items]
+        inputs = self._processor_inputs(items, [r.text for r in rendered], "left")
+        n = inputs["input_ids"].shape[1]
+        with torch.inference_mode():
+            out = self.model.generate(**{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()},
+                                      do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self._pad_id)
+        return [self._trim(row[n:].tolist()) for row in out]
+
+
+# ---- loading ---------------------------------------------------------------------------------
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2"}
+
+
+def adapter_class(config) -> type[TransformersAdapter]:
+    mt = config.model_type
+    if mt in MULTIMODAL_CLASSES or hasattr(config, "vision_config") or hasattr(config, "audio_config"):
+        return MultimodalAdapter
+    if getattr(config, "is_encoder_decoder", False):
+        return Seq2SeqAdapter
+    if mt in ENCODER_TYPES:
+        return EncoderAdapter
+    return CausalLMAdapter
+
+
+def load_adapter(model: str | Path | Adapter, **kwargs) -> Adapter:
+    """An :class:`Adapter` for ``model``: an adapter instance is returned as is; a checkpoint
+    (Hub id or local directory) gets the transformers family its config names.
+
+    ``kwargs``: ``revision``, ``device``, ``dtype`` (float32, bfloat16, float16),
+    ``trust_remote_code`` (False unless you pass True), ``attn_implementation``, ``device_map``,
+    ``use_chat_template``, ``layout``, ``system_prompt``, ``allow_pickle`` (False: safetensors
+    only), and ``decoder_input`` for encoder-decoders.
+    """
+    if isinstance(model, Adapter):
+        return model
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(
+        str(model), revision=kwargs.get("revision") or "main", trust_remote_code=bool(kwargs.get("trust_remote_code")))
+    cls = adapter_class(config)
+    if cls is not Seq2SeqAdapter:
+        kwargs.pop("decoder_input", None)
+    return cls(model, **kwargs)
+
+
+def describe(adapter: Adapter) -> str:
+    return json.dumps(adapter.provenance(), sort_keys=True)

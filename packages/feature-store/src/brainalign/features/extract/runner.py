@@ -1,0 +1,407 @@
+"""The extraction runner: manifest × instructions × components × layers × poolings → store.
+
+One forward pass per batch gives every hidden state of every requested component; the runner
+selects layers, pools each span with masks (padding never enters a mean), and writes rows into
+feature stores keyed like :mod:`brainalign.features.schemas`. It resumes (units — one stimulus
+under one instruction — whose rows are all stored are skipped), shards (``shard=(i, n)``), and
+records provenance in the table metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ..instructions import Instruction, load_registry, resolve_instructions
+from ..stimuli import Manifest
+from ..store import FeatureStore, Table, create_table
+from .adapters import Adapter, load_adapter
+from .pooling import POOLINGS, pool_layers, span_weights
+from .prompts import sha256
+
+MAIN_COMPONENTS = ("lm", "encoder", "decoder")
+
+
+@dataclass
+class EmbedPlan:
+    """What a run will do: rendered prompts, layers, spans and row counts."""
+
+    model: str
+    stimulus_set: str
+    n_items: int
+    instructions: list[str]
+    components: dict[str, list[int]]
+    poolings: dict[str, list[str]]
+    prompts: dict[str, dict[str, str]]
+    rows: int
+    rows_per_unit: dict[str, int]
+    units_total: int
+    units_done: int = 0
+    stores: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rows_to_write(self) -> int:
+        per_unit = sum(self.rows_per_unit.values()) // max(len(self.instructions), 1)
+        return self.rows - self.units_done * per_unit if self.rows_per_unit else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"rows_to_write": self.rows_to_write}
+
+
+@dataclass
+class EmbedResult:
+    plan: EmbedPlan
+    rows_written: int
+    units_written: int
+    units_skipped: int
+    seconds: float
+    fragments: dict[str, list[dict]] | None = None
+    generations: str | None = None
+
+
+def select_layers(layers: Any, n_states: int) -> list[int]:
+    """Layer indices from ``"all"``, ints (negative counts from the end) or relative depths
+    (floats in [0, 1]: ``round(f * (n_states - 1))``). Layer 0 is the embedding output."""
+    if layers is None or (isinstance(layers, str) and layers == "all"):
+        return list(range(n_states))
+    if isinstance(layers, (int, float)):
+        layers = [layers]
+    out = []
+    for v in layers:
+        if isinstance(v, float):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"layers: relative depth {v} is outside [0, 1]")
+            idx = round(v * (n_states - 1))
+        else:
+            idx = int(v) + (n_states if int(v) < 0 else 0)
+        if not 0 <= idx < n_states:
+            raise ValueError(f"layers: {v} is outside 0..{n_states - 1} ({n_states} hidden states)")
+        out.append(idx)
+    return sorted(set(out))
+
+
+def code_version() -> str:
+    try:
+        v = metadata.version("brainalign-feature-store")
+    except metadata.PackageNotFoundError:
+        v = "unknown"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{v}+g{sha}" if sha else v
+
+
+def _component_uris(store: Any, components: Sequence[str]) -> dict[str, str]:
+    """Main components (lm, encoder, decoder) share ``store``; optional components (vision,
+    projector, qformer, audio), whose sizes differ, go to ``<store>.<component>.lance``."""
+    if isinstance(store, Mapping):
+        missing = [c for c in components if c not in store]
+        if missing:
+            raise ValueError(f"store: no store given for components {missing}")
+        return {c: (store[c].uri if isinstance(store[c], Table) else str(store[c])) for c in components}
+    base = store.uri if isinstance(store, Table) else str(store)
+    stem = base[: -len(".lance")] if base.endswith(".lance") else base
+    return {c: base if c in MAIN_COMPONENTS else f"{stem}.{c}.lance" for c in components}
+
+
+def _open(uri: str) -> FeatureStore | None:
+    try:
+        return FeatureStore.open(uri)  # type: ignore[return-value]
+    except ValueError:
+        return None
+
+
+def _sql_str(v: str) -> str:
+    return "'" + v.replace("'", "''") + "'"
+
+
+def _done_units(uri: str, model: str, stimulus_set: str, expected: dict[str, int]) -> set[tuple]:
+    """Units ``(instruction_id, stimulus_id, run, tr)`` whose rows of this store are complete."""
+    st = _open(uri)
+    if st is None or st.count_rows() == 0:
+        return set()
+    t = st.to_table(columns=["instruction_id", "stimulus_id", "run", "tr"],
+                    filter=f"model = {_sql_str(model)} AND stimulus_set = {_sql_str(stimulus_set)}")
+    if len(t) == 0:
+        return set()
+    g = t.group_by(["instruction_id", "stimulus_id", "run", "tr"]).aggregate([("stimulus_id", "count")])
+    out = set()
+    for ins, sid, run, tr, n in zip(*[g.column(c).to_pylist() for c in
+                                      ("instruction_id", "stimulus_id", "run", "tr", "stimulus_id_count")], strict=True):
+        if n >= expected.get(ins, 1 << 62):
+            out.add((ins, sid, run, tr))
+    return out
+
+
+class _Writer:
+    """Buffers pooled rows per store and writes them (committed, or as fragments)."""
+
+    def __init__(self, uris: dict[str, str], provenance: dict, storage_dtype: str, defer: bool):
+        self.uris = uris
+        self.provenance = provenance
+        self.storage_dtype = storage_dtype
+        self.defer = defer
+        self.buffers: dict[str, list[tuple[dict, np.ndarray]]] = {}
+        self.stores: dict[str, FeatureStore] = {}
+        self.fragments: dict[str, list[dict]] = {}
+        self.rows = 0
+
+    def add(self, component: str, keys: dict[str, list], emb: np.ndarray) -> None:
+        self.buffers.setdefault(self.uris[component], []).append((keys, emb))
+
+    def pending(self) -> int:
+        return sum(len(e) for b in self.buffers.values() for _, e in b)
+
+    def flush(self) -> None:
+        for uri, parts in self.buffers.items():
+            if not parts:
+                continue
+            dim = parts[0][1].shape[1]
+            if uri not in self.stores:
+                self.stores[uri] = FeatureStore.create(uri, dim=dim, dtype=self.storage_dtype,
+                                                       provenance=self.provenance, exist_ok=True)
+            st = self.stores[uri]
+            keys = {k: [v for p, _ in parts for v in p[k]] for k in parts[0][0]}
+            emb = np.concatenate([e for _, e in parts])
+            if self.defer:
+                self.fragments.setdefault(uri, []).extend(st.write_fragments(keys, emb))
+            else:
+                st.write(keys, emb)
+            self.rows += len(emb)
+        self.buffers = {}
+
+
+def embed(
+    manifest: Manifest, model: str | Path | Adapter, instructions: Any = ("none",), *, store: Any = None,
+    layers: Any = "all", components: Sequence[str] | None = None, pooling: Sequence[str] = ("stimulus",),
+    batch_size: int = 8, max_new_tokens: int = 32, seed: int = 0, shard: tuple[int, int] | str | None = None,
+    resume: bool = True, defer_commit: bool = False, fragments_path: str | Path | None = None,
+    dry_run: bool = False, progress: bool = True, generations: str | Path | None = None,
+    storage_dtype: str = "float32", registry_version: str | None = None, model_name: str | None = None,
+    flush_rows: int = 50_000, **adapter_kwargs,
+) -> EmbedPlan | EmbedResult:
+    """Embed every stimulus of ``manifest`` under every instruction and write the pooled layer
+    embeddings into feature stores.
+
+    Parameters
+    ----------
+    manifest : the stimuli (:mod:`brainalign.features.stimuli`).
+    model : a checkpoint (Hub id or local directory) or an :class:`Adapter`.
+    instructions : registry ids, ``"family:<name>"``, :class:`Instruction` objects, or a mapping
+        ``{id: text}``.
+    store : the features table URI (or :class:`FeatureStore`, or ``{component: uri}``); optional
+        components go to ``<store>.<component>.lance``.
+    layers : ``"all"``, indices (negative from the end) or relative depths in [0, 1], for every
+        component; or ``{component: selection}``.
+    components : default the model's main ones (``lm``; ``encoder``/``decoder`` for T5); add
+        ``vision``, ``projector``, ``qformer`` for MLLMs.
+    pooling : spans of :data:`~brainalign.features.extract.pooling.POOLINGS`. ``response``
+        generates greedily (``max_new_tokens``, ``seed``) and writes a generations table
+        (``generations``, default ``<store>.generations.lance``).
+    shard : ``(i, n)`` or ``"i/n"``: the round-robin shard of the manifest this worker embeds.
+    resume : skip units (stimulus × instruction) whose rows are all stored already.
+    defer_commit : write data files without committing them; the fragments are returned (and
+        saved to ``fragments_path`` as JSON) for :func:`commit_shards` to commit atomically.
+    dry_run : return the :class:`EmbedPlan` (rendered prompts, row counts) without a forward.
+    adapter_kwargs : ``revision``, ``device``, ``dtype``, ``trust_remote_code``,
+        ``attn_implementation``, ``device_map``, ``layout``, ``use_chat_template``, ...
+
+    Returns
+    -------
+    :class:`EmbedPlan` on ``dry_run``, else :class:`EmbedResult`.
+    """
+    t0 = time.perf_counter()
+    unknown = [p for p in pooling if p not in POOLINGS]
+    if unknown:
+        raise ValueError(f"pooling: unknown spans {unknown}; expected some of {POOLINGS}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if store is None and not dry_run:
+        raise ValueError("store: pass the features table URI to write into")
+    if isinstance(shard, str):
+        i, n = shard.split("/")
+        shard = (int(i), int(n))
+    full_manifest = manifest
+    if shard is not None:
+        manifest = manifest.shard(*shard)
+    ins_list: list[Instruction] = resolve_instructions(instructions, registry_version)
+    adapter = load_adapter(model, **adapter_kwargs)
+    model_key = model_name or adapter.model_id
+    respond = "response" in pooling
+
+    comps = list(components) if components is not None else list(getattr(adapter, "default_components", ("lm",)))
+    available = adapter.components() if all(c in adapter.components() for c in comps) else adapter.all_components()
+    missing = [c for c in comps if c not in available]
+    if missing:
+        raise ValueError(f"components: {missing} not available for {adapter.model_id}; it has {sorted(available)}")
+    layer_sel = {c: select_layers(layers.get(c, "all") if isinstance(layers, Mapping) else layers, available[c][0])
+                 for c in comps}
+    has_focus = any(it.focus is not None for it in manifest.items[:1])
+    spans_by: dict[tuple[str, str], list[str]] = {}
+    for ins in ins_list:
+        for c in comps:
+            ok = adapter.spans_for(c, respond)
+            ps = [p for p in pooling if p in ok and not (p == "instruction" and not ins.text)
+                  and not (p == "tr_words" and not has_focus)]
+            if c not in MAIN_COMPONENTS:
+                ps = ["all"]
+            spans_by[(ins.id, c)] = ps
+    per_unit = {ins.id: sum(len(layer_sel[c]) * len(spans_by[(ins.id, c)]) for c in comps) for ins in ins_list}
+    uris = _component_uris(store, comps) if store is not None else {}
+    first = manifest.items[0] if manifest.items else (full_manifest.items[0] if full_manifest.items else None)
+    prompts = {}
+    for ins in ins_list:
+        skeleton = adapter.prompt_skeleton(ins, first) if first is not None else ""
+        prompts[ins.id] = {"text": ins.text, "prompt": skeleton, "prompt_sha256": sha256(skeleton)}
+    plan = EmbedPlan(
+        model=model_key, stimulus_set=manifest.stimulus_set, n_items=len(manifest), instructions=[i.id for i in ins_list],
+        components=layer_sel, poolings={f"{k[0]}/{k[1]}": v for k, v in spans_by.items()}, prompts=prompts,
+        rows=len(manifest) * sum(per_unit.values()), rows_per_unit=per_unit, units_total=len(manifest) * len(ins_list),
+        stores=uris,
+    )
+    # resume: a unit is done when every component's store holds all of its rows
+    done: set[tuple] | None = None
+    if resume and uris:
+        by_uri: dict[str, dict[str, int]] = {}
+        for c in comps:
+            exp = by_uri.setdefault(uris[c], {})
+            for ins in ins_list:
+                exp[ins.id] = exp.get(ins.id, 0) + len(layer_sel[c]) * len(spans_by[(ins.id, c)])
+        for uri, exp in by_uri.items():
+            d = _done_units(uri, model_key, manifest.stimulus_set, exp)
+            done = d if done is None else done & d
+    done = done or set()
+    todo = {ins.id: [it for it in manifest.items if (ins.id, it.stimulus_id, it.run, it.tr) not in done]
+            for ins in ins_list}
+    plan.units_done = plan.units_total - sum(len(v) for v in todo.values())
+    if dry_run:
+        return plan
+
+    registry = load_registry(registry_version)
+    decoding = {"strategy": "greedy", "do_sample": False, "max_new_tokens": max_new_tokens, "seed": seed} if respond else None
+    provenance = {
+        **adapter.provenance(), "model_key": model_key,
+        "instructions": {i.id: {**i.to_dict(), **prompts[i.id]} for i in ins_list},
+        "prompt_template_sha256": sha256(json.dumps({k: v["prompt"] for k, v in prompts.items()}, sort_keys=True)),
+        "instruction_registry": {"version": registry.version, "sha256": registry.sha256},
+        "decoding": decoding, "stimulus_set": full_manifest.stimulus_set, "stimulus_spec": full_manifest.spec,
+        "components": {c: {"layers": layer_sel[c], "n_states": available[c][0]} for c in comps},
+        "poolings": list(pooling), "pooling_spans": "see brainalign.features.extract.pooling",
+        "batch_size": batch_size, "code_version": code_version(), "storage_dtype": storage_dtype,
+    }
+    writer = _Writer(uris, provenance, storage_dtype, defer_commit)
+    gen_table: Table | None = None
+    gen_uri = None
+    if respond:
+        base = uris[comps[0]]
+        gen_uri = str(generations) if generations else (base[:-6] if base.endswith(".lance") else base) + ".generations.lance"
+        gen_table = create_table(gen_uri, "generations", provenance=provenance, exist_ok=True)
+
+    n_units = sum(len(v) for v in todo.values())
+    bar = _progress(n_units, progress, f"embed {Path(str(model_key)).name}")
+    units_written = 0
+    for ins in ins_list:
+        items = todo[ins.id]
+        for start in range(0, len(items), batch_size):
+            batch = items[start: start + batch_size]
+            responses = None
+            if respond:
+                torch.manual_seed(seed)
+                responses = adapter.generate(batch, ins, max_new_tokens)
+                gen_table.write(pa.table({
+                    "stimulus_set": [manifest.stimulus_set] * len(batch), "stimulus_id": [it.stimulus_id for it in batch],
+                    "run": pa.array([it.run for it in batch], pa.string()), "tr": pa.array([it.tr for it in batch], pa.int32()),
+                    "model": [model_key] * len(batch), "instruction_id": [ins.id] * len(batch),
+                    "text": [adapter.decode(r) for r in responses],
+                    "token_ids": pa.array([list(r) for r in responses], pa.list_(pa.int32())),
+                    "decoding": [json.dumps(decoding, sort_keys=True)] * len(batch),
+                }))
+            states = adapter.forward(batch, ins, comps, responses)
+            for c in comps:
+                st = states[c]
+                hidden = torch.stack([torch.as_tensor(st.hidden[l]) for l in layer_sel[c]])
+                for p in spans_by[(ins.id, c)]:
+                    mask = st.spans.get(p)
+                    if mask is None:
+                        raise ValueError(f"{adapter.model_id}: component {c} produced no {p!r} span")
+                    fb = st.fallback[p] if isinstance(st.fallback, dict) else st.fallback
+                    w = span_weights(mask.to(hidden.device), fb.to(hidden.device))
+                    pooled = pool_layers(hidden, w).cpu().numpy()  # (layers, batch, dim)
+                    L, B, _ = pooled.shape
+                    writer.add(c, {
+                        "stimulus_set": [manifest.stimulus_set] * (L * B),
+                        "stimulus_id": [it.stimulus_id for it in batch] * L, "run": [it.run for it in batch] * L,
+                        "tr": [it.tr for it in batch] * L, "onset_s": [it.onset_s for it in batch] * L,
+                        "window_start_s": [it.window_start_s for it in batch] * L,
+                        "window_end_s": [it.window_end_s for it in batch] * L,
+                        "model": [model_key] * (L * B), "instruction_id": [ins.id] * (L * B),
+                        "component": [c] * (L * B), "layer": [lay for lay in layer_sel[c] for _ in range(B)],
+                        "pooling": [p] * (L * B),
+                    }, pooled.reshape(L * B, -1))
+            if writer.pending() >= flush_rows:
+                writer.flush()
+            units_written += len(batch)
+            bar.update(len(batch))
+        writer.flush()
+    writer.flush()
+    bar.close()
+    fragments = None
+    if defer_commit:
+        fragments = writer.fragments
+        if fragments_path is not None:
+            Path(fragments_path).write_text(json.dumps(fragments))
+    return EmbedResult(plan=plan, rows_written=writer.rows, units_written=units_written,
+                       units_skipped=plan.units_done, seconds=time.perf_counter() - t0, fragments=fragments,
+                       generations=gen_uri)
+
+
+def commit_shards(fragments: Sequence[dict[str, list[dict]] | str | Path]) -> dict[str, int]:
+    """Commit the fragments of several shard workers (dicts ``{store_uri: [fragment, ...]}`` or
+    JSON files of them) in one commit per store. Returns the new version of each store."""
+    merged: dict[str, list[dict]] = {}
+    for f in fragments:
+        d = json.loads(Path(f).read_text()) if isinstance(f, (str, Path)) else f
+        for uri, frags in d.items():
+            merged.setdefault(uri, []).extend(frags)
+    return {uri: FeatureStore.open(uri).commit_fragments(frags) for uri, frags in merged.items()}
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="stim", file=sys.stderr, dynamic_ncols=True)
+
+
+def existing_units(store: str | FeatureStore, model: str, stimulus_set: str) -> pa.Table:
+    """Distinct ``(instruction_id, stimulus_id, run, tr)`` with rows in ``store`` for ``model``."""
+    st = store if isinstance(store, FeatureStore) else _open(str(store))
+    if st is None:
+        return pa.table({"instruction_id": [], "stimulus_id": [], "run": [], "tr": []})
+    t = st.to_table(columns=["instruction_id", "stimulus_id", "run", "tr"],
+                    filter=f"model = {_sql_str(model)} AND stimulus_set = {_sql_str(stimulus_set)}")
+    return t.group_by(["instruction_id", "stimulus_id", "run", "tr"]).aggregate([]).sort_by(
+        [("instruction_id", "ascending"), ("run", "ascending"), ("tr", "ascending")]) if len(t) else t
+

@@ -1,0 +1,230 @@
+"""Builders of tiny random-weight checkpoints of real architectures, for offline tests.
+
+Each builder makes a config from the transformers config class with a hidden size of 32-64 and
+two layers, a model from it (seeded), a tokenizer trained locally on a small corpus (byte-level
+BPE, so any text encodes), a processor from the real processor class, and ``save_pretrained``s
+them into a directory, which the extraction code then loads through ``from_pretrained`` exactly
+like a downloaded checkpoint. The chat templates are short versions of the checkpoints' own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import transformers as tf
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from brainalign.features.instructions import load_registry
+
+SPECIAL = [
+    "<pad>", "<s>", "</s>", "<unk>", "<image>", "<video>", "<|im_start|>", "<|im_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|AUDIO|>",
+    "<|audio_bos|>", "<|audio_eos|>", "<|endoftext|>", "<IMG_CONTEXT>", "<img>", "</img>",
+]
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog while the children watch from the window.",
+    "She opened the door and saw the ocean, bright and loud under a grey sky.",
+    "A man rides a bicycle down the street; two people talk near the red car.",
+    "USER: ASSISTANT: system user assistant You are a helpful assistant.",
+    "Player actions: LEFT, RIGHT, FIRE, UP, DOWN, none. Audio 1: Picture 1: Video 1:",
+    "0123456789 ,.;:!?'\"()[]{}-_/\\ \n",
+]
+
+
+def corpus() -> list[str]:
+    return CORPUS + [i.text for i in load_registry().instructions if i.text]
+
+
+def train_tokenizer(vocab_size: int = 600, *, bos="<s>", eos="</s>", pad="<pad>", add_bos=False, chat_template=None):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on :func:`corpus` with all the
+    special tokens the tiny multimodal models need."""
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(), trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    extra = [s for s in SPECIAL if s not in (bos, eos, pad, "<unk>")]
+    fast = tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>",
+        extra_special_tokens=extra,
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif c['type'] == 'audio' %}Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+LLAVA = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'video' %}<video>\n"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %} {% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+LLAMA_CHAT = (
+    "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+
+SMALL_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096)
+
+
+def _save(model, tokenizer, path: Path, processor=None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    if processor is not None:
+        processor.save_pretrained(path)
+    return path
+
+
+def _ids(tok, **names):
+    return {k: tok.convert_tokens_to_ids(v) for k, v in names.items()}
+
+
+# ---- text ------------------------------------------------------------------------------------
+def build_gpt2(path: Path) -> Path:
+    torch.manual_seed(0)
+    tok = train_tokenizer(bos="<|endoftext|>", eos="<|endoftext|>", pad="<|endoftext|>")
+    cfg = tf.GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=1024,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return _save(tf.GPT2LMHeadModel(cfg).eval(), tok, path)
+
+
+def build_llama(path: Path, chat: bool = True) -> Path:
+    torch.manual_seed(1)
+    tok = train_tokenizer(add_bos=True, chat_template=LLAMA_CHAT if chat else None)
+    cfg = tf.LlamaConfig(vocab_size=len(tok), **SMALL_TEXT, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return _save(tf.LlamaForCausalLM(cfg).eval(), tok, path)
+
+
+def build_qwen2(path: Path) -> Path:
+    torch.manual_seed(2)
+    tok = train_tokenizer(eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML)
+    cfg = tf.Qwen2Config(vocab_size=len(tok), **SMALL_TEXT, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    return _save(tf.Qwen2ForCausalLM(cfg).eval(), tok, path)
+
+
+def build_t5(path: Path) -> Path:
+    torch.manual_seed(3)
+    tok = train_tokenizer(eos="</s>", pad="<pad>")
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.eos_token_id)]
+    )
+    cfg = tf.T5Config(vocab_size=len(tok), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      decoder_start_token_id=tok.pad_token_id)
+    return _save(tf.T5ForConditionalGeneration(cfg).eval(), tok, path)
+
+
+# ---- vision ----------------------------------------------------------------------------------
+def _clip_vision(image_size=28, patch=14, hidden=32):
+    return tf.CLIPVisionConfig(hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=image_size, patch_size=patch, projection_dim=hidden)
+
+
+def _clip_image_processor(size=28):
+    return tf.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def build_llava(path: Path) -> Path:
+    torch.manual_seed(4)
+    tok = train_tokenizer(add_bos=True, chat_template=LLAVA)
+    ids = _ids(tok, image="<image>")
+    text = tf.LlamaConfig(vocab_size=len(tok), **SMALL_TEXT, pad_token_id=tok.pad_token_id,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = tf.LlavaConfig(vision_config=_clip_vision(), text_config=text, image_token_id=ids["image"],
+                         vision_feature_layer=-2, vision_feature_select_strategy="default")
+    model = tf.LlavaForConditionalGeneration(cfg).eval()
+    proc = tf.LlavaProcessor(image_processor=_clip_image_processor(), tokenizer=tok, patch_size=14,
+                             vision_feature_select_strategy="default", chat_template=LLAVA,
+                             num_additional_image_tokens=1)
+    return _save(model, tok, path, proc)
+
+
+def _qwen_vision(cls, out_hidden):
+    if cls is tf.Qwen2VLConfig:
+        return dict(depth=2, embed_dim=32, hidden_size=out_hidden, num_heads=2, mlp_ratio=2, patch_size=14,
+                    spatial_merge_size=2, temporal_patch_size=2)
+    return dict(depth=2, hidden_size=32, out_hidden_size=out_hidden, intermediate_size=64, num_heads=2,
+                patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1],
+                window_size=56)
+
+
+def build_qwen_vl(path: Path, version: str = "2.5") -> Path:
+    """Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``) with image and video processors."""
+    torch.manual_seed(5)
+    tok = train_tokenizer(eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML)
+    ids = _ids(tok, image="<|image_pad|>", video="<|video_pad|>", vs="<|vision_start|>", ve="<|vision_end|>")
+    cfg_cls, model_cls, proc_cls = (
+        (tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor) if version == "2"
+        else (tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor)
+    )
+    text = dict(vocab_size=len(tok), **SMALL_TEXT, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3]}, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                bos_token_id=None)
+    cfg = cfg_cls(text_config=text, vision_config=_qwen_vision(cfg_cls, 64), image_token_id=ids["image"],
+                  video_token_id=ids["video"], vision_start_token_id=ids["vs"], vision_end_token_id=ids["ve"])
+    model = model_cls(cfg).eval()
+    pix = dict(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2)
+    image_proc = tf.Qwen2VLImageProcessor(**pix)
+    video_proc = tf.Qwen2VLVideoProcessor(**pix, do_sample_frames=False, cap_pixels_per_frame=True)
+    proc = proc_cls(image_processor=image_proc, video_processor=video_proc, tokenizer=tok, chat_template=CHATML)
+    return _save(model, tok, path, proc)
+
+
+# ---- audio -----------------------------------------------------------------------------------
+def build_qwen2_audio(path: Path) -> Path:
+    torch.manual_seed(6)
+    tok = train_tokenizer(eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML)
+    ids = _ids(tok, audio="<|AUDIO|>")
+    audio = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
+                 max_source_positions=1500)
+    text = dict(vocab_size=len(tok), **SMALL_TEXT, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                bos_token_id=None)
+    cfg = tf.Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_id=ids["audio"])
+    model = tf.Qwen2AudioForConditionalGeneration(cfg).eval()
+    fe = tf.WhisperFeatureExtractor(feature_size=80, sampling_rate=16000)
+    proc = tf.Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok, chat_template=CHATML)
+    return _save(model, tok, path, proc)
+
+
+BUILDERS = {
+    "gpt2": build_gpt2, "llama": build_llama, "qwen2": build_qwen2, "t5": build_t5, "llava": build_llava,
+    "qwen2-vl": lambda p: build_qwen_vl(p, "2"), "qwen2.5-vl": lambda p: build_qwen_vl(p, "2.5"),
+    "qwen2-audio": build_qwen2_audio,
+}
+
+
+def build(name: str, root: Path) -> Path:
+    path = Path(root) / name
+    if (path / "config.json").exists():
+        return path
+    out = BUILDERS[name](path)
+    (path / "brainalign_tiny.json").write_text(json.dumps({"builder": name}))
+    return out
