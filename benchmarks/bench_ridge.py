@@ -50,7 +50,7 @@ def make_problem(n: int, p: int, t: int, seed: int = 0, n_spaces: int | None = N
     rng = np.random.default_rng(seed)
     shape = (n, p) if n_spaces is None else (n_spaces, n, p)
     X = rng.standard_normal(shape, dtype=np.float32)
-    X *= (1.0 / np.sqrt(1.0 + np.arange(p, dtype=np.float32)))  # decaying feature scales
+    X *= 1.0 / np.sqrt(1.0 + np.arange(p, dtype=np.float32))  # decaying feature scales
     Xw = X if n_spaces is None else X[0]
     k = min(p, 64)
     W = rng.standard_normal((k, t), dtype=np.float32) * rng.uniform(0, 1, t).astype(np.float32)
@@ -106,19 +106,36 @@ def memory_child(args) -> None:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     budget = args.mem_budget
     plan = _plan(
-        n_spaces=1, n_samples=n, n_features=p, n_train=max(len(f[0]) for f in folds),
-        n_val=max(len(f[1]) for f in folds), n_alphas=args.n_alphas, n_folds=len(folds),
-        n_targets=t, itemsize=4, memory_budget=budget,
+        n_spaces=1,
+        n_samples=n,
+        n_features=p,
+        n_train=max(len(f[0]) for f in folds),
+        n_val=max(len(f[1]) for f in folds),
+        n_alphas=args.n_alphas,
+        n_folds=len(folds),
+        n_targets=t,
+        itemsize=4,
+        memory_budget=budget,
     )
     t0 = time.perf_counter()
     fit = fit_ridge_cv(X, Y, alphas=alphas, folds=folds, memory_budget=budget)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     outputs = sum(a.nbytes for a in fit)
-    print(json.dumps(dict(
-        base=base, peak=peak, budget=budget, outputs=outputs, inputs=X.nbytes + Y.nbytes,
-        batch_size=plan.batch_size, n_batches=-(-t // plan.batch_size), seconds=dt,
-    )))
+    print(
+        json.dumps(
+            dict(
+                base=base,
+                peak=peak,
+                budget=budget,
+                outputs=outputs,
+                inputs=X.nbytes + Y.nbytes,
+                batch_size=plan.batch_size,
+                n_batches=-(-t // plan.batch_size),
+                seconds=dt,
+            )
+        )
+    )
 
 
 def main() -> None:
@@ -170,8 +187,12 @@ def main() -> None:
     t0 = time.perf_counter()
     fit = ours()
     first = time.perf_counter() - t0
-    hm = HimalayaRidgeCV(alphas=alphas.astype(np.float32), cv=folds, fit_intercept=True,
-                         solver_params=dict(score_func=_himalaya_r2()))
+    hm = HimalayaRidgeCV(
+        alphas=alphas.astype(np.float32),
+        cv=folds,
+        fit_intercept=True,
+        solver_params=dict(score_func=_himalaya_r2()),
+    )
 
     # alternate the two so both see the same machine load
     t_ours, t_him = [], []
@@ -196,18 +217,31 @@ def main() -> None:
         print(f"sklearn {sk_time:.2f}s")
 
     rows += [
-        ("problem", f"n_train={n}, n_test={nt}, n_features={p}, n_targets={t}, "
-                    f"{args.n_alphas} alphas, {args.n_folds} contiguous folds, float32, score R²"),
-        ("brainalign fit_ridge_cv (median, warm)", f"{med_ours:.2f} s (runs: {_fmt(t_ours)}; first call incl. compile {first:.2f} s)"),
+        (
+            "problem",
+            f"n_train={n}, n_test={nt}, n_features={p}, n_targets={t}, "
+            f"{args.n_alphas} alphas, {args.n_folds} contiguous folds, float32, score R²",
+        ),
+        (
+            "brainalign fit_ridge_cv (median, warm)",
+            f"{med_ours:.2f} s (runs: {_fmt(t_ours)}; first call incl. compile {first:.2f} s)",
+        ),
         ("himalaya RidgeCV, numpy backend (median)", f"{med_him:.2f} s (runs: {_fmt(t_him)})"),
         ("**speed-up vs himalaya**", f"**{med_him / med_ours:.2f}x** (target >= 2x)"),
-        ("agreement with himalaya", f"same best alpha on {100 * same:.2f}% of targets; "
-                                    f"max |Δ held-out r| = {np.abs(r_ours - r_him).max():.2e}"),
+        (
+            "agreement with himalaya",
+            f"same best alpha on {100 * same:.2f}% of targets; "
+            f"max |Δ held-out r| = {np.abs(r_ours - r_him).max():.2e}",
+        ),
     ]
     if sk_time is not None:
-        rows.append(("scikit-learn RidgeCV(alpha_per_target=True) (median)",
-                     f"{sk_time:.2f} s → brainalign **{sk_time / med_ours:.2f}x** faster "
-                     "(sklearn does efficient leave-one-out (GCV) in float64, not 5-fold CV)"))
+        rows.append(
+            (
+                "scikit-learn RidgeCV(alpha_per_target=True) (median)",
+                f"{sk_time:.2f} s → brainalign **{sk_time / med_ours:.2f}x** faster "
+                "(sklearn does efficient leave-one-out (GCV) in float64, not 5-fold CV)",
+            )
+        )
     rows += [
         ("float32 matmul rate (jax, this run)", f"{gflops:.0f} GFLOP/s"),
         ("algorithm flops", f"{flops / 1e9:.0f} GFLOP (matmuls + 9r³ per eigh) → bound {bound:.2f} s"),
@@ -218,8 +252,13 @@ def main() -> None:
         sn, sp, st = (int(v) for v in spec.split(","))
         Xs, Ys = make_problem(sn, sp, st, seed=2, n_spaces=args.n_spaces)
         sf = block_folds(sn, args.n_folds)
-        batched = lambda: fit_ridge_cv(Xs, Ys, alphas=alphas, folds=sf)  # noqa: E731
-        seq = lambda: [fit_ridge_cv(x, Ys, alphas=alphas, folds=sf) for x in Xs]  # noqa: E731
+
+        def batched(Xs=Xs, Ys=Ys, sf=sf):
+            return fit_ridge_cv(Xs, Ys, alphas=alphas, folds=sf)
+
+        def seq(Xs=Xs, Ys=Ys, sf=sf):
+            return [fit_ridge_cv(x, Ys, alphas=alphas, folds=sf) for x in Xs]
+
         batched(), seq()  # compile both
         tb, ts = [], []
         for _ in range(args.repeats):
@@ -227,33 +266,59 @@ def main() -> None:
             ts.append(_median_time(seq, 1)[0])
         mb, ms = statistics.median(tb), statistics.median(ts)
         print(f"{args.n_spaces} spaces {label}: batched {mb:.3f}s sequential {ms:.3f}s")
-        rows.append((f"{args.n_spaces} spaces batched vs sequential, {label} (n={sn}, p={sp}, t={st} per space)",
-                     f"batched {mb:.3f} s, sequential {ms:.3f} s → **{ms / mb:.2f}x** (target >= 1.5x)"))
+        rows.append(
+            (
+                f"{args.n_spaces} spaces batched vs sequential, {label} (n={sn}, p={sp}, t={st} per space)",
+                f"batched {mb:.3f} s, sequential {ms:.3f} s → **{ms / mb:.2f}x** (target >= 1.5x)",
+            )
+        )
 
     env = dict(os.environ)
     child = subprocess.run(
-        [sys.executable, __file__, "--memory-child", "--n-train", str(n), "--n-features", str(p),
-         "--n-alphas", str(args.n_alphas), "--n-folds", str(args.n_folds),
-         "--mem-targets", str(args.mem_targets), "--mem-budget", str(args.mem_budget)],
-        capture_output=True, text=True, env=env, check=True,
+        [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            "--n-train",
+            str(n),
+            "--n-features",
+            str(p),
+            "--n-alphas",
+            str(args.n_alphas),
+            "--n-folds",
+            str(args.n_folds),
+            "--mem-targets",
+            str(args.mem_targets),
+            "--mem-budget",
+            str(args.mem_budget),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     m = json.loads(child.stdout.strip().splitlines()[-1])
     mib = 1 << 20
     grew = m["peak"] - m["base"]
-    rows.append((
-        f"peak memory, {args.mem_targets} targets (n={n}, p={p}), budget {m['budget'] / mib:.0f} MiB",
-        f"{m['n_batches']} batches of {m['batch_size']}; {m['seconds']:.1f} s; RSS before fit "
-        f"{m['base'] / mib:.0f} MiB (inputs {m['inputs'] / mib:.0f} MiB + runtime), peak {m['peak'] / mib:.0f} MiB: "
-        f"grew {grew / mib:.0f} MiB = outputs {m['outputs'] / mib:.0f} MiB + working "
-        f"{(grew - m['outputs']) / mib:.0f} MiB (budget {m['budget'] / mib:.0f} MiB)",
-    ))
+    rows.append(
+        (
+            f"peak memory, {args.mem_targets} targets (n={n}, p={p}), budget {m['budget'] / mib:.0f} MiB",
+            f"{m['n_batches']} batches of {m['batch_size']}; {m['seconds']:.1f} s; RSS before fit "
+            f"{m['base'] / mib:.0f} MiB (inputs {m['inputs'] / mib:.0f} MiB + runtime), peak {m['peak'] / mib:.0f} MiB: "
+            f"grew {grew / mib:.0f} MiB = outputs {m['outputs'] / mib:.0f} MiB + working "
+            f"{(grew - m['outputs']) / mib:.0f} MiB (budget {m['budget'] / mib:.0f} MiB)",
+        )
+    )
 
     from _report import machine
 
-    md = [f"### Ridge with cross-validated per-target alphas\n\nMachine: {machine()}, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}. Command: "
-          f"`uv run --locked python benchmarks/bench_ridge.py`.\n",
-          "| measure | value |", "|---|---|"]
+    md = [
+        f"### Ridge with cross-validated per-target alphas\n\nMachine: {machine()}, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}. Command: "
+        f"`uv run --locked python benchmarks/bench_ridge.py`.\n",
+        "| measure | value |",
+        "|---|---|",
+    ]
     md += [f"| {a} | {b} |" for a, b in rows]
     text = "\n".join(md)
     print(text)

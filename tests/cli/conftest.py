@@ -36,8 +36,10 @@ def run_cli(*args: str, ok: bool = True):
     """Invoke the command in-process; assert success unless ``ok`` is False."""
     res = CliRunner().invoke(app, [str(a) for a in args])
     if ok and res.exit_code != 0:
-        raise AssertionError(f"brainalign {' '.join(map(str, args))} exited {res.exit_code}:\n{res.output}"
-                             + (f"\n{res.exception!r}" if res.exception else ""))
+        raise AssertionError(
+            f"brainalign {' '.join(map(str, args))} exited {res.exit_code}:\n{res.output}"
+            + (f"\n{res.exception!r}" if res.exception else "")
+        )
     return res
 
 
@@ -70,7 +72,9 @@ def build_study(root: Path) -> dict:
         if layer is None:
             continue
         m = roi_of == roi
-        s = convolve_hrf(feats[("toy/tuned", "caption", layer)] @ rng.standard_normal((DIM, m.sum())), TR, groups=runs)
+        s = convolve_hrf(
+            feats[("toy/tuned", "caption", layer)] @ rng.standard_normal((DIM, m.sum())), TR, groups=runs
+        )
         Y[:, m] += 0.8 * s / s.std(0)
     bids = root / "bids"
     func = bids / "sub-01" / "func"
@@ -82,23 +86,47 @@ def build_study(root: Path) -> dict:
         img.header.set_xyzt_units("mm", "sec")
         img.header["pixdim"][4] = TR
         nib.save(img, func / f"sub-01_task-story_run-{r}_bold.nii.gz")
-        (func / f"sub-01_task-story_run-{r}_events.tsv").write_text("onset\tduration\ttrial_type\n0\t120\tstory\n")
+        (func / f"sub-01_task-story_run-{r}_events.tsv").write_text(
+            "onset\tduration\ttrial_type\n0\t120\tstory\n"
+        )
     nib.save(nib.Nifti1Image(atlas, AFFINE), root / "atlas.nii.gz")
     (root / "atlas.tsv").write_text("index\tname\n1\tearly\n2\tlate\n3\tnull\n")
 
     tables = root / "tables"
-    store = FeatureStore.create(tables / "features.lance", dim=DIM, provenance={
-        "model": "toy", "instructions": {"caption": "Describe the scene in one sentence.", "vqa": "What is happening?"}})
+    store = FeatureStore.create(
+        tables / "features.lance",
+        dim=DIM,
+        provenance={
+            "model": "toy",
+            "instructions": {"caption": "Describe the scene in one sentence.", "vqa": "What is happening?"},
+        },
+    )
     n = len(runs)
     for (model, ins, layer), F in feats.items():
-        store.write({
-            "stimulus_set": ["story"] * n, "stimulus_id": [f"{r}-{t}" for r, t in zip(runs, trs, strict=True)],
-            "run": runs.tolist(), "tr": trs, "onset_s": trs * TR, "model": [model] * n,
-            "instruction_id": [ins] * n, "component": ["lm"] * n, "layer": np.full(n, layer, np.int16),
-            "pooling": ["mean"] * n,
-        }, F.astype(np.float32))
-    return {"root": root, "bids": bids, "tables": tables, "atlas": root / "atlas.nii.gz",
-            "atlas_labels": root / "atlas.tsv", "n_voxels": n_vox, "roi_of": roi_of}
+        store.write(
+            {
+                "stimulus_set": ["story"] * n,
+                "stimulus_id": [f"{r}-{t}" for r, t in zip(runs, trs, strict=True)],
+                "run": runs.tolist(),
+                "tr": trs,
+                "onset_s": trs * TR,
+                "model": [model] * n,
+                "instruction_id": [ins] * n,
+                "component": ["lm"] * n,
+                "layer": np.full(n, layer, np.int16),
+                "pooling": ["mean"] * n,
+            },
+            F.astype(np.float32),
+        )
+    return {
+        "root": root,
+        "bids": bids,
+        "tables": tables,
+        "atlas": root / "atlas.nii.gz",
+        "atlas_labels": root / "atlas.tsv",
+        "n_voxels": n_vox,
+        "roi_of": roi_of,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -110,13 +138,53 @@ def study(tmp_path_factory) -> dict:
 def pipeline(study) -> dict:
     """ingest -> fit -> partition -> report through the command, once per session."""
     t = study["tables"]
-    run_cli("responses", "ingest", "--bids", study["bids"], "--dataset", "toy", "--atlas", study["atlas"],
-            "--atlas-labels", study["atlas_labels"], "--zscore", "--space", "MNI-toy", "--root", t)
+    run_cli(
+        "responses",
+        "ingest",
+        "--bids",
+        study["bids"],
+        "--dataset",
+        "toy",
+        "--atlas",
+        study["atlas"],
+        "--atlas-labels",
+        study["atlas_labels"],
+        "--zscore",
+        "--space",
+        "MNI-toy",
+        "--root",
+        t,
+    )
     run_cli("fit", "--root", t, "--name", "main", "--test-run", "4", "--preset", "fir4")
-    run_cli("partition", "--root", t, "--name", "cap-vs-vqa", "--test-run", "4",
-            "--space", "cap=model = 'toy/tuned' AND instruction_id = 'caption' AND layer = 1",
-            "--space", "vqa=model = 'toy/tuned' AND instruction_id = 'vqa' AND layer = 1")
+    run_cli(
+        "partition",
+        "--root",
+        t,
+        "--name",
+        "cap-vs-vqa",
+        "--test-run",
+        "4",
+        "--space",
+        "cap=model = 'toy/tuned' AND instruction_id = 'caption' AND layer = 1",
+        "--space",
+        "vqa=model = 'toy/tuned' AND instruction_id = 'vqa' AND layer = 1",
+    )
     out = study["root"] / "report"
-    run_cli("report", "--root", t, "--fit", "main", "--partition-fit", "cap-vs-vqa",
-            "--compare", "toy/base", "--compare", "toy/tuned", "--out", out, "--max-maps", "2")
+    run_cli(
+        "report",
+        "--root",
+        t,
+        "--fit",
+        "main",
+        "--partition-fit",
+        "cap-vs-vqa",
+        "--compare",
+        "toy/base",
+        "--compare",
+        "toy/tuned",
+        "--out",
+        out,
+        "--max-maps",
+        "2",
+    )
     return {**study, "report": out}

@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 from brainalign.cli.align import get_preset, lanczos_resample, pca_train, prepare_design
 from brainalign.features import FeatureStore, open_table
 
-from .conftest import DIM, N_RUNS, N_TRS, TR, run_cli
+from .conftest import N_RUNS, N_TRS, TR, run_cli
 
 
 def _features(path, runs_trs: dict[str, int], *, word_level: bool = False, dim: int = 3, seed: int = 0):
@@ -22,12 +22,21 @@ def _features(path, runs_trs: dict[str, int], *, word_level: bool = False, dim: 
     for run, n in runs_trs.items():
         onsets = np.arange(0, n * TR, 0.5) if word_level else np.arange(n) * TR
         k = len(onsets)
-        store.write({
-            "stimulus_set": ["story"] * k, "stimulus_id": [f"{run}-{i}" for i in range(k)], "run": [run] * k,
-            "tr": pa.nulls(k, pa.int32()) if word_level else np.arange(k, dtype=np.int32), "onset_s": onsets,
-            "model": ["m"] * k, "instruction_id": ["none"] * k, "component": ["lm"] * k,
-            "layer": np.zeros(k, np.int16), "pooling": ["word" if word_level else "tr"] * k,
-        }, rng.standard_normal((k, dim)).astype(np.float32))
+        store.write(
+            {
+                "stimulus_set": ["story"] * k,
+                "stimulus_id": [f"{run}-{i}" for i in range(k)],
+                "run": [run] * k,
+                "tr": pa.nulls(k, pa.int32()) if word_level else np.arange(k, dtype=np.int32),
+                "onset_s": onsets,
+                "model": ["m"] * k,
+                "instruction_id": ["none"] * k,
+                "component": ["lm"] * k,
+                "layer": np.zeros(k, np.int16),
+                "pooling": ["word" if word_level else "tr"] * k,
+            },
+            rng.standard_normal((k, dim)).astype(np.float32),
+        )
     return path
 
 
@@ -35,24 +44,45 @@ def test_key_mismatch_is_reported_and_refused(pipeline, tmp_path):
     runs = {str(r): N_TRS for r in range(1, N_RUNS + 1)}
     runs["2"] = N_TRS - 5
     f = _features(tmp_path / "f.lance", runs)
-    args = ["fit", "--features", f, "--responses", pipeline["tables"] / "responses.lance",
-            "--scores", tmp_path / "s.lance", "--test-run", "4"]
+    args = [
+        "fit",
+        "--features",
+        f,
+        "--responses",
+        pipeline["tables"] / "responses.lance",
+        "--scores",
+        tmp_path / "s.lance",
+        "--test-run",
+        "4",
+    ]
     res = run_cli(*args, ok=False)
     assert res.exit_code == 1
-    assert "run 2: features have 55 TRs, responses 60: 5 TRs unmatched (0 only in features, 5 only in responses)" \
+    assert (
+        "run 2: features have 55 TRs, responses 60: 5 TRs unmatched (0 only in features, 5 only in responses)"
         in res.stderr
+    )
     assert "allow_trim" in res.stderr and not (tmp_path / "s.lance").exists()
     res = run_cli(*args, "--allow-trim", "--json")
     out = json.loads(res.stdout)
-    assert out["dropped"] == ["run 2: features have 55 TRs, responses 60: 5 TRs unmatched "
-                              "(0 only in features, 5 only in responses)"]
+    assert out["dropped"] == [
+        "run 2: features have 55 TRs, responses 60: 5 TRs unmatched (0 only in features, 5 only in responses)"
+    ]
     assert out["n_train"] == 3 * N_TRS - 5 and out["n_test"] == N_TRS
 
 
 def test_word_level_features_need_lanczos_then_fit(pipeline, tmp_path):
     f = _features(tmp_path / "words.lance", {str(r): N_TRS for r in range(1, N_RUNS + 1)}, word_level=True)
-    base = ["fit", "--features", f, "--responses", pipeline["tables"] / "responses.lance",
-            "--scores", tmp_path / "s.lance", "--test-run", "4"]
+    base = [
+        "fit",
+        "--features",
+        f,
+        "--responses",
+        pipeline["tables"] / "responses.lance",
+        "--scores",
+        tmp_path / "s.lance",
+        "--test-run",
+        "4",
+    ]
     res = run_cli(*base, "--preset", "fir4", ok=False)
     assert "word-level features" in res.stderr and "Lanczos" in res.stderr
     res = run_cli(*base, "--preset", "huth", "--trim-start", "3", "--trim-end", "2", "--json")
@@ -97,15 +127,34 @@ def test_presets_and_overrides():
 def test_project_file_supplies_tables_and_defaults(pipeline, tmp_path):
     (tmp_path / "brainalign.toml").write_text(
         f'[project]\nroot = "{pipeline["tables"]}"\n[tables]\nscores = "mine/scores.lance"\n'
-        '[fit]\ntest_runs = ["3"]\npreset = "shift3"\n')
+        '[fit]\ntest_runs = ["3"]\npreset = "shift3"\n'
+    )
     (tmp_path / "mine").mkdir()
-    res = run_cli("--project", tmp_path / "brainalign.toml", "fit", "--name", "proj", "--instruction", "caption",
-                  "--layer", "1", "--model", "toy/tuned", "--json")
+    res = run_cli(
+        "--project",
+        tmp_path / "brainalign.toml",
+        "fit",
+        "--name",
+        "proj",
+        "--instruction",
+        "caption",
+        "--layer",
+        "1",
+        "--model",
+        "toy/tuned",
+        "--json",
+    )
     out = json.loads(res.stdout)
     assert out["test_runs"] == ["3"] and out["preset"]["delays"] == [3]
     assert out["scores_uri"] == str(tmp_path / "mine" / "scores.lance")
-    res = run_cli("--project", tmp_path / "brainalign.toml", "query", "--format", "json",
-                  "SELECT count(*) AS n FROM scores WHERE fit = 'proj'")
+    res = run_cli(
+        "--project",
+        tmp_path / "brainalign.toml",
+        "query",
+        "--format",
+        "json",
+        "SELECT count(*) AS n FROM scores WHERE fit = 'proj'",
+    )
     assert json.loads(res.stdout) == [{"n": pipeline["n_voxels"]}]
 
 
@@ -117,11 +166,25 @@ def test_usage_errors_exit_2(pipeline):
 
 
 def test_help_has_a_worked_example():
-    for cmd in (["fit"], ["partition"], ["query"], ["report"], ["responses", "ingest"], ["demo"],
-                ["store", "info"]):
+    for cmd in (
+        ["fit"],
+        ["partition"],
+        ["query"],
+        ["report"],
+        ["responses", "ingest"],
+        ["demo"],
+        ["store", "info"],
+        ["push"],
+        ["pull"],
+        ["embed"],
+    ):
         res = run_cli(*cmd, "--help")
         assert "Example" in res.stdout, cmd
 
 
-def test_dim_is_what_the_study_says():
-    assert DIM == 6
+def test_pull_offline_uncached_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    res = run_cli("pull", "nobody/not-cached", "--cache-dir", tmp_path, ok=False)
+    assert res.exit_code == 1
+    assert res.stderr.strip().startswith("error: ") and "Traceback" not in res.output
+    assert "not-cached" in res.stderr

@@ -30,23 +30,69 @@ def test_fir_fit_recovers_hrf_on_real_bold(tmp_path):
     runs = np.repeat(np.arange(1, 7), n // 6).astype(str)
     trs = np.tile(np.arange(n // 6, dtype=np.int32), 6)
     np.save(tmp_path / "bold.npy", bold[:, None].astype(np.float32))
-    (tmp_path / "trs.csv").write_text("run,tr\n" + "".join(f"{r},{t}\n" for r, t in zip(runs, trs, strict=True)))
+    (tmp_path / "trs.csv").write_text(
+        "run,tr\n" + "".join(f"{r},{t}\n" for r, t in zip(runs, trs, strict=True))
+    )
     t = tmp_path / "tables"
-    res = run_cli("responses", "ingest", tmp_path / "bold.npy", "--tr-table", tmp_path / "trs.csv", "--tr", "2",
-                  "--dataset", "nitime", "--subject", "sub-mt", "--stimulus-set", "nitime-events", "--root", t, "--json")
+    res = run_cli(
+        "responses",
+        "ingest",
+        tmp_path / "bold.npy",
+        "--tr-table",
+        tmp_path / "trs.csv",
+        "--tr",
+        "2",
+        "--dataset",
+        "nitime",
+        "--subject",
+        "sub-mt",
+        "--stimulus-set",
+        "nitime-events",
+        "--root",
+        t,
+        "--json",
+    )
     info = json.loads(res.stdout)
     assert info["n_voxels"] == 1 and len(info["runs"]) == 6 and info["tr_s"] == 2.0
 
     onehot = (events[:, None] == np.arange(1, 7)[None, :]).astype(np.float32)  # (n, 6) event regressors
-    store = FeatureStore.create(t / "features.lance", dim=6, provenance={"source": "nitime events", "tr_s": TR})
-    store.write({
-        "stimulus_set": ["nitime-events"] * n, "stimulus_id": [f"{r}-{k}" for r, k in zip(runs, trs, strict=True)],
-        "run": runs.tolist(), "tr": trs, "onset_s": trs * TR, "model": ["events"] * n, "instruction_id": ["none"] * n,
-        "component": ["design"] * n, "layer": np.zeros(n, np.int16), "pooling": ["indicator"] * n,
-    }, onehot)
+    store = FeatureStore.create(
+        t / "features.lance", dim=6, provenance={"source": "nitime events", "tr_s": TR}
+    )
+    store.write(
+        {
+            "stimulus_set": ["nitime-events"] * n,
+            "stimulus_id": [f"{r}-{k}" for r, k in zip(runs, trs, strict=True)],
+            "run": runs.tolist(),
+            "tr": trs,
+            "onset_s": trs * TR,
+            "model": ["events"] * n,
+            "instruction_id": ["none"] * n,
+            "component": ["design"] * n,
+            "layer": np.zeros(n, np.int16),
+            "pooling": ["indicator"] * n,
+        },
+        onehot,
+    )
 
-    res = run_cli("fit", "--root", t, "--name", "fir", "--test-run", "6", "--preset", "none",
-                  "--delays", ",".join(map(str, DELAYS)), "--folds", "blocks:5", "--weights", tmp_path / "w.npz", "--json")
+    res = run_cli(
+        "fit",
+        "--root",
+        t,
+        "--name",
+        "fir",
+        "--test-run",
+        "6",
+        "--preset",
+        "none",
+        "--delays",
+        ",".join(map(str, DELAYS)),
+        "--folds",
+        "blocks:5",
+        "--weights",
+        tmp_path / "w.npz",
+        "--json",
+    )
     summary = json.loads(res.stdout)
     assert "cpu" in summary["device"] or "gpu" in summary["device"] or "tpu" in summary["device"]
     assert summary["folds"] == "5 contiguous blocks"

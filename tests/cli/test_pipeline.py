@@ -35,7 +35,9 @@ def test_fit_recovers_driving_layers(pipeline):
     prof = run_query(
         """SELECT v.roi, s.layer, avg(s.r) AS mean_r FROM scores s JOIN voxels v USING (subject, voxel)
            WHERE s.fit = 'main' AND s.model = 'toy/tuned' AND s.instruction_id = 'caption'
-           GROUP BY ALL""", pipeline["tables"]).to_pandas()
+           GROUP BY ALL""",
+        pipeline["tables"],
+    ).to_pandas()
     best = prof.loc[prof.groupby("roi")["mean_r"].idxmax()].set_index("roi")["layer"]
     assert best["early"] == 1 and best["late"] == 3
     assert prof[prof.roi == "null"]["mean_r"].abs().max() < 0.15
@@ -46,14 +48,27 @@ def test_fit_recovers_driving_layers(pipeline):
 
 def test_query_mean_r_per_roi_and_layer_matches_pandas(pipeline):
     t = pipeline["tables"]
-    res = run_cli("query", "--root", t, "--format", "json",
-                  "SELECT v.roi, s.layer, avg(s.r) AS mean_r FROM scores s JOIN voxels v "
-                  "ON v.voxel = s.voxel AND v.subject = s.subject WHERE s.fit = 'main' GROUP BY ALL ORDER BY ALL")
+    res = run_cli(
+        "query",
+        "--root",
+        t,
+        "--format",
+        "json",
+        "SELECT v.roi, s.layer, avg(s.r) AS mean_r FROM scores s JOIN voxels v "
+        "ON v.voxel = s.voxel AND v.subject = s.subject WHERE s.fit = 'main' GROUP BY ALL ORDER BY ALL",
+    )
     got = pd.DataFrame(json.loads(res.stdout))
-    scores = open_table(t / "scores.lance").to_table(columns=["fit", "subject", "voxel", "layer", "r"]).to_pandas()
+    scores = (
+        open_table(t / "scores.lance").to_table(columns=["fit", "subject", "voxel", "layer", "r"]).to_pandas()
+    )
     vox = open_table(t / "voxels.lance").to_table(columns=["subject", "voxel", "roi"]).to_pandas()
-    want = (scores[scores.fit == "main"].merge(vox, on=["subject", "voxel"])
-            .groupby(["roi", "layer"], as_index=False)["r"].mean().sort_values(["roi", "layer"]))
+    want = (
+        scores[scores.fit == "main"]
+        .merge(vox, on=["subject", "voxel"])
+        .groupby(["roi", "layer"], as_index=False)["r"]
+        .mean()
+        .sort_values(["roi", "layer"])
+    )
     assert list(got["roi"]) == list(want["roi"]) and list(got["layer"]) == list(want["layer"])
     np.testing.assert_allclose(got["mean_r"], want["r"], rtol=1e-5, atol=1e-6)
 
@@ -74,7 +89,9 @@ def test_query_formats_and_read_only(pipeline, tmp_path):
 
 
 def test_partition_regions_sum_to_total(pipeline):
-    p = run_query("SELECT region, voxel, r2 FROM partitions WHERE fit = 'cap-vs-vqa'", pipeline["tables"]).to_pandas()
+    p = run_query(
+        "SELECT region, voxel, r2 FROM partitions WHERE fit = 'cap-vs-vqa'", pipeline["tables"]
+    ).to_pandas()
     wide = p.pivot(index="voxel", columns="region", values="r2")
     assert set(wide.columns) == {"cap", "vqa", "cap&vqa", "total"}
     np.testing.assert_allclose(wide["cap"] + wide["vqa"] + wide["cap&vqa"], wide["total"], atol=1e-5)
@@ -99,8 +116,19 @@ def test_report_page_figures_and_maps(pipeline):
 
 
 def test_report_markdown_and_json(pipeline, tmp_path):
-    res = run_cli("report", "--root", pipeline["tables"], "--fit", "main", "--page", "md", "--no-maps",
-                  "--out", tmp_path, "--json")
+    res = run_cli(
+        "report",
+        "--root",
+        pipeline["tables"],
+        "--fit",
+        "main",
+        "--page",
+        "md",
+        "--no-maps",
+        "--out",
+        tmp_path,
+        "--json",
+    )
     info = json.loads(res.stdout)
     assert info["page"].endswith("index.md")
     md = (tmp_path / "index.md").read_text()

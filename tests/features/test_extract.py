@@ -240,10 +240,10 @@ def test_resume_after_killed_run(tiny, tmp_path):
     partial = FeatureStore.open(uri).count_rows()
     total = len(m) * 2 * 3 * 2
     assert 0 < partial < total
-    done = subprocess.run([sys.executable, str(script), str(model), str(mpath), str(uri), "0"], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    skipped, written = map(int, done.stdout.split()[-2:])
+    # rerun in this process (same code path as the CLI): resume skips the committed units
+    resumed = embed(stimuli.Manifest.load(mpath), model, ["text.describe", "none"], store=uri, batch_size=2,
+                    pooling=("stimulus", "last"), flush_rows=1, progress=False, model_name="m")
+    skipped, written = resumed.units_skipped, resumed.units_written
     assert skipped > 0 and skipped + written == len(m) * 2
     st = FeatureStore.open(uri)
     keys = st.to_table(columns=["key"]).column("key")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -12,7 +13,6 @@ import pytest
 
 from brainalign.features import FeatureStore, HubError, pull, push
 from brainalign.features.hub import INDEX_FILE
-
 
 # huggingface_hub's plain LFS upload (the path a Hub without Xet takes) passes a file object as
 # `data=` to httpx2, which deprecates that spelling; nothing we call can change it.
@@ -77,13 +77,25 @@ def test_card_and_index(hub, make_store, tmp_path):
     repo = f"{USER}/card"
     store = make_store("card", layers=(0, 3), instructions=("describe", "count"))
     push(store, repo, license="apache-2.0")
-    readme = Path(hf_hub_download(repo, "README.md", repo_type="dataset", cache_dir=tmp_path / "c")).read_text()
+    readme = Path(
+        hf_hub_download(repo, "README.md", repo_type="dataset", cache_dir=tmp_path / "c")
+    ).read_text()
     front = readme.split("---")[1]
     assert "license: apache-2.0" in front and "feature-extraction" in front and "configs:" in front
-    for needle in ("`describe`", "`count`", "`tiny-mllm`", "org/tiny-mllm", "load_dataset", "duckdb",
-                   "from brainalign.features import pull", "| `embedding` |"):
+    for needle in (
+        "`describe`",
+        "`count`",
+        "`tiny-mllm`",
+        "org/tiny-mllm",
+        "load_dataset",
+        "duckdb",
+        "from brainalign.features import pull",
+        "| `embedding` |",
+    ):
         assert needle in readme, needle
-    index = json.loads(Path(hf_hub_download(repo, INDEX_FILE, repo_type="dataset", cache_dir=tmp_path / "c")).read_text())
+    index = json.loads(
+        Path(hf_hub_download(repo, INDEX_FILE, repo_type="dataset", cache_dir=tmp_path / "c")).read_text()
+    )
     entry = index["tables"]["features.lance"]
     assert entry["rows"] == store.count_rows() and len(entry["groups"]) == 4
     # every group sits in its own data files: a one-layer pull needs one group's files only
@@ -149,10 +161,19 @@ def test_integrity_check_catches_a_corrupted_cache(hub, make_store, tmp_path):
     cache = tmp_path / "cache"
     store = pull(repo, layer=0, cache_dir=cache)
     assert store.verify()["ok"]
-    blob = next(p for p in (cache / f"datasets--{USER}--integrity" / "blobs").iterdir() if p.stat().st_size > 1000)
-    blob.write_bytes(b"\0" * blob.stat().st_size)
-    with pytest.raises(HubError, match="integrity"):
-        pull(repo, cache_dir=cache)
+    blobs = cache / f"datasets--{USER}--integrity" / "blobs"
+    data_blob = next(
+        p for p in blobs.iterdir() if len(p.name) == 64 and p.stat().st_size > 1000
+    )  # LFS: sha256
+    data_blob.write_bytes(b"\0" * data_blob.stat().st_size)
+    with pytest.raises(HubError, match=r"integrity: .* does not match its SHA-256"):
+        pull(repo, layer=0, cache_dir=cache)
+    index_blob = Path(
+        os.path.realpath(next((cache / f"datasets--{USER}--integrity" / "snapshots").iterdir()) / INDEX_FILE)
+    )
+    index_blob.write_bytes(index_blob.read_bytes().replace(b'"rows"', b'"rowz"'))
+    with pytest.raises(HubError, match=f"integrity: {INDEX_FILE}"):
+        pull(repo, layer=0, cache_dir=cache)
 
 
 def test_bad_token_and_no_token_leak(hub, make_store, tmp_path, caplog, capfd, monkeypatch):
@@ -199,8 +220,10 @@ def test_concurrent_pushes_leave_a_consistent_repo(hub, make_store, tmp_path):
         except Exception as exc:  # collected and asserted below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=("a", a, "features.lance")),
-               threading.Thread(target=run, args=("b", b, "other/features.lance"))]
+    threads = [
+        threading.Thread(target=run, args=("a", a, "features.lance")),
+        threading.Thread(target=run, args=("b", b, "other/features.lance")),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -223,7 +246,7 @@ def test_datasets_load_dataset_reads_the_published_table(hub, make_store, tmp_pa
     got = {r["key"]: np.asarray(r["embedding"], dtype=np.float32) for r in ds}
     keys, X = store.read(columns=["key"])
     assert sorted(got) == sorted(keys.column("key").to_pylist())
-    for k, x in zip(keys.column("key").to_pylist(), X):
+    for k, x in zip(keys.column("key").to_pylist(), X, strict=True):
         np.testing.assert_array_equal(got[k], x)
 
 
@@ -241,3 +264,88 @@ def test_pulled_store_is_float16_safe_for_duckdb(hub, make_store, tmp_path):
     finally:
         con.close()
     assert rows == [(1, 8), (2, 8)]
+
+
+def test_push_retries_when_another_commit_lands_first(hub, make_store, tmp_path, monkeypatch):
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    repo = f"{USER}/race"
+    store = make_store("race", layers=(0,))
+    push(store, repo)
+    more = feature_keys(8, (1,))
+    store.write(more, embeddings_for(more, 16))
+    original = HfApi.create_commit
+    raced = []
+
+    def create_commit(self, repo_id, operations, **kw):
+        if not raced:  # someone else commits between our read of the head and our commit
+            raced.append(
+                original(
+                    self,
+                    repo_id,
+                    [CommitOperationAdd("NOTES.md", b"hello\n")],
+                    commit_message="a concurrent commit",
+                    repo_type="dataset",
+                )
+            )
+        return original(self, repo_id, operations, **kw)
+
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    conflicts = hub.state.stats["conflicts"]
+    result = push(store, repo)
+    assert hub.state.stats["conflicts"] == conflicts + 1  # the first attempt was refused (HTTP 412)
+    files = {f.path for f in HfApi().list_repo_tree(repo, repo_type="dataset", recursive=True)}
+    assert "NOTES.md" in files and set(result["uploaded"]) <= files  # neither commit was lost
+    assert pull(repo, cache_dir=tmp_path / "c").count_rows() == 16
+
+
+def test_server_speaks_the_client_api(hub, tmp_path):
+    import httpx2
+    from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+
+    api = HfApi()
+    repo = f"{USER}/api"
+    api.create_repo(repo, repo_type="dataset")
+    blob = bytes(range(256)) * 8
+    api.create_commit(
+        repo,
+        [CommitOperationAdd("d/x.bin", blob), CommitOperationAdd("a.txt", b"hi\n")],
+        commit_message="one",
+        repo_type="dataset",
+    )
+    api.create_branch(repo, branch="dev", repo_type="dataset")
+    api.create_tag(repo, tag="t1", repo_type="dataset")
+    refs = api.list_repo_refs(repo, repo_type="dataset")
+    assert {b.name for b in refs.branches} == {"main", "dev"} and [t.name for t in refs.tags] == ["t1"]
+    info = {i.path: i for i in api.get_paths_info(repo, ["d/x.bin", "a.txt", "d"], repo_type="dataset")}
+    assert info["d/x.bin"].lfs.sha256 == __import__("hashlib").sha256(blob).hexdigest()
+    assert info["a.txt"].lfs is None and info["a.txt"].size == 3
+    url = f"{hub.endpoint}/datasets/{repo}/resolve/t1/d/x.bin"
+    head = httpx2.head(url)
+    assert head.headers["X-Repo-Commit"] == refs.tags[0].target_commit
+    assert head.headers["ETag"].strip('"') == info["d/x.bin"].lfs.sha256
+    part = httpx2.get(url, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == blob[10:20]
+    assert (
+        Path(
+            hf_hub_download(repo, "d/x.bin", repo_type="dataset", revision="dev", cache_dir=tmp_path / "c")
+        ).read_bytes()
+        == blob
+    )
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download(repo, "a.txt", repo_type="dataset", revision="nope", cache_dir=tmp_path / "c")
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download(repo, "missing.txt", repo_type="dataset", cache_dir=tmp_path / "c")
+    assert (
+        httpx2.get(
+            f"{hub.endpoint}/api/datasets/{repo}", headers={"Authorization": "Bearer nope"}
+        ).status_code
+        == 401
+    )
+
+
+def test_push_refuses_files_over_the_cap(hub, make_store):
+    store = make_store("cap", layers=(0,))
+    with pytest.raises(HubError, match=r"exceed max_bytes_per_file=100 .*compact\(max_bytes_per_file"):
+        push(store, f"{USER}/cap", max_bytes_per_file=100)

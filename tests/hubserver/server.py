@@ -78,7 +78,14 @@ class HubState:
         self.tokens = dict(tokens)  # token -> user name
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lock = threading.RLock()
-        self.stats = {"resolve_bytes": 0, "resolve_requests": 0, "lfs_uploads": 0, "lfs_upload_bytes": 0, "commits": 0}
+        self.stats = {
+            "resolve_bytes": 0,
+            "resolve_requests": 0,
+            "lfs_uploads": 0,
+            "lfs_upload_bytes": 0,
+            "commits": 0,
+            "conflicts": 0,
+        }
         self.served: list[str] = []  # paths served by GET resolve, in order
 
     def reset_stats(self) -> None:
@@ -116,7 +123,7 @@ def _listing(tree: dict[str, Entry], base: str, recursive: bool) -> list[dict]:
     for path in sorted(tree):
         if not path.startswith(prefix):
             continue
-        rest = path[len(prefix):]
+        rest = path[len(prefix) :]
         if "/" in rest:
             parts = rest.split("/")
             upto = len(parts) - 1 if recursive else 1
@@ -125,7 +132,10 @@ def _listing(tree: dict[str, Entry], base: str, recursive: bool) -> list[dict]:
             if not recursive:
                 continue
         out.append(_entry_json(path, tree[path]))
-    out += [{"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d} for d in sorted(dirs)]
+    out += [
+        {"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
+        for d in sorted(dirs)
+    ]
     return out
 
 
@@ -256,11 +266,21 @@ class Handler(BaseHTTPRequestHandler):
         r = self._repo(type, repo)
         sha = self._rev(r, rev or "main")
         tree = r.commits[sha][1]
-        self._json(200, {
-            "id": repo, "author": repo.split("/")[0], "sha": sha, "private": r.private,
-            "siblings": [{"rfilename": p} for p in sorted(tree)], "tags": [], "downloads": 0, "likes": 0,
-            "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z",
-        })
+        self._json(
+            200,
+            {
+                "id": repo,
+                "author": repo.split("/")[0],
+                "sha": sha,
+                "private": r.private,
+                "siblings": [{"rfilename": p} for p in sorted(tree)],
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+                "lastModified": "2026-01-01T00:00:00.000Z",
+                "createdAt": "2026-01-01T00:00:00.000Z",
+            },
+        )
 
     def r_preupload(self, type, repo, rev):
         r = self._repo(type, repo, write=True)
@@ -273,7 +293,14 @@ class Handler(BaseHTTPRequestHandler):
             lfs = f["size"] >= LFS_THRESHOLD or b"\0" in sample or f["path"].endswith(LFS_SUFFIXES)
             existing = tree.get(f["path"])
             oid = None if existing is None else (existing.sha256 if existing.sha256 else existing.sha1)
-            out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            out.append(
+                {
+                    "path": f["path"],
+                    "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": False,
+                    "oid": oid,
+                }
+            )
         self._json(200, {"files": out, "commitOid": sha})
 
     def r_lfs_batch(self, prefix, repo):
@@ -291,8 +318,11 @@ class Handler(BaseHTTPRequestHandler):
                     "verify": {"href": f"{host}/lfs/verify", "header": {}},
                 }
             objects.append(o)
-        self._json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                   {"Content-Type": "application/vnd.git-lfs+json"})
+        self._json(
+            200,
+            {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+            {"Content-Type": "application/vnd.git-lfs+json"},
+        )
 
     def r_lfs_put(self, oid):
         data = self._body()
@@ -321,6 +351,7 @@ class Handler(BaseHTTPRequestHandler):
         header = lines[0]["value"]
         parent = header.get("parentCommit")
         if parent is not None and parent != head:
+            self.state.stats["conflicts"] += 1
             raise _Error(412, f"A commit has happened since {parent}; the branch head is now {head}")
         tree = dict(r.commits[head][1])
         for item in lines[1:]:
@@ -348,16 +379,31 @@ class Handler(BaseHTTPRequestHandler):
         r.branches[rev] = sha
         self.state.stats["commits"] += 1
         host = f"http://{self.headers['Host']}"
-        self._json(200, {"commitUrl": f"{host}/{_PREFIX[type]}{repo}/commit/{sha}", "commitOid": sha,
-                         "success": True, "pullRequestUrl": None})
+        self._json(
+            200,
+            {
+                "commitUrl": f"{host}/{_PREFIX[type]}{repo}/commit/{sha}",
+                "commitOid": sha,
+                "success": True,
+                "pullRequestUrl": None,
+            },
+        )
 
     def r_refs(self, type, repo):
         r = self._repo(type, repo)
-        self._json(200, {
-            "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": s} for n, s in sorted(r.branches.items())],
-            "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": s} for n, s in sorted(r.tags.items())],
-            "converts": [],
-        })
+        self._json(
+            200,
+            {
+                "branches": [
+                    {"name": n, "ref": f"refs/heads/{n}", "targetCommit": s}
+                    for n, s in sorted(r.branches.items())
+                ],
+                "tags": [
+                    {"name": n, "ref": f"refs/tags/{n}", "targetCommit": s} for n, s in sorted(r.tags.items())
+                ],
+                "converts": [],
+            },
+        )
 
     def r_tag_create(self, type, repo, rev):
         r = self._repo(type, repo, write=True)
@@ -405,7 +451,9 @@ class Handler(BaseHTTPRequestHandler):
             if p in tree:
                 out.append(_entry_json(p, tree[p]))
             elif any(q.startswith(p.rstrip("/") + "/") for q in tree):
-                out.append({"type": "directory", "oid": hashlib.sha1(p.encode()).hexdigest(), "size": 0, "path": p})
+                out.append(
+                    {"type": "directory", "oid": hashlib.sha1(p.encode()).hexdigest(), "size": 0, "path": p}
+                )
         self._json(200, out)
 
     def r_resolve_head(self, prefix, repo, rev, path):
@@ -425,8 +473,12 @@ class Handler(BaseHTTPRequestHandler):
             raise _Error(404, f"{path} not found at {rev}", "EntryNotFound")
         data = entry.content if entry.content is not None else self.state.lfs_path(entry.sha256).read_bytes()
         etag = entry.sha256 or entry.sha1
-        headers = {"ETag": f'"{etag}"', "X-Repo-Commit": sha, "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            "ETag": f'"{etag}"',
+            "X-Repo-Commit": sha,
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         if entry.sha256:
             headers["X-Linked-Etag"] = f'"{entry.sha256}"'
             headers["X-Linked-Size"] = str(entry.size)
@@ -436,7 +488,7 @@ class Handler(BaseHTTPRequestHandler):
             start = int(m.group(1)) if m.group(1) else max(0, len(data) - int(m.group(2)))
             end = int(m.group(2)) if m.group(1) and m.group(2) else len(data) - 1
             end = min(end, len(data) - 1)
-            status, body = 206, data[start:end + 1]
+            status, body = 206, data[start : end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         headers["Content-Length"] = str(len(body))
         if not head:
@@ -458,26 +510,38 @@ class _NoLock:
 _nolock = _NoLock()
 _REPO = r"(?P<repo>[^/]+/[^/]+?)"
 _TYPE = r"(?P<type>model|dataset|space)s"
-_ROUTES = [(re.compile(p), n) for p, n in [
-    (r"/api/whoami-v2", "GET whoami"),
-    (r"/api/validate-yaml", "POST validate_yaml"),
-    (r"/api/repos/create", "POST create"),
-    (rf"/api/{_TYPE}/{_REPO}/preupload/(?P<rev>[^/]+)", "POST preupload"),
-    (rf"/api/{_TYPE}/{_REPO}/commit/(?P<rev>[^/]+)", "POST commit"),
-    (rf"/api/{_TYPE}/{_REPO}/refs", "GET refs"),
-    (rf"/api/{_TYPE}/{_REPO}/tag/(?P<rev>[^/]+)", "POST tag_create"),
-    (rf"/api/{_TYPE}/{_REPO}/tag/(?P<rev>[^/]+)", "DELETE tag_delete"),
-    (rf"/api/{_TYPE}/{_REPO}/branch/(?P<rev>[^/]+)", "POST branch_create"),
-    (rf"/api/{_TYPE}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "GET tree"),
-    (rf"/api/{_TYPE}/{_REPO}/paths-info/(?P<rev>[^/]+)", "POST paths_info"),
-    (rf"/api/{_TYPE}/{_REPO}/revision/(?P<rev>[^/]+)", "GET info"),
-    (rf"/api/{_TYPE}/{_REPO}", "GET info"),
-    (r"/(?P<prefix>datasets/|spaces/)?(?P<repo>[^/]+/[^/]+?)\.git/info/lfs/objects/batch", "POST lfs_batch"),
-    (r"/lfs/verify", "POST lfs_verify"),
-    (r"/lfs/(?P<oid>[0-9a-f]{64})", "PUT lfs_put"),
-    (r"/(?P<prefix>datasets/|spaces/)?(?P<repo>[^/]+/[^/]+?)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "HEAD resolve_head"),
-    (r"/(?P<prefix>datasets/|spaces/)?(?P<repo>[^/]+/[^/]+?)/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "GET resolve_get"),
-]]
+_ROUTES = [
+    (re.compile(p), n)
+    for p, n in [
+        (r"/api/whoami-v2", "GET whoami"),
+        (r"/api/validate-yaml", "POST validate_yaml"),
+        (r"/api/repos/create", "POST create"),
+        (rf"/api/{_TYPE}/{_REPO}/preupload/(?P<rev>[^/]+)", "POST preupload"),
+        (rf"/api/{_TYPE}/{_REPO}/commit/(?P<rev>[^/]+)", "POST commit"),
+        (rf"/api/{_TYPE}/{_REPO}/refs", "GET refs"),
+        (rf"/api/{_TYPE}/{_REPO}/tag/(?P<rev>[^/]+)", "POST tag_create"),
+        (rf"/api/{_TYPE}/{_REPO}/tag/(?P<rev>[^/]+)", "DELETE tag_delete"),
+        (rf"/api/{_TYPE}/{_REPO}/branch/(?P<rev>[^/]+)", "POST branch_create"),
+        (rf"/api/{_TYPE}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "GET tree"),
+        (rf"/api/{_TYPE}/{_REPO}/paths-info/(?P<rev>[^/]+)", "POST paths_info"),
+        (rf"/api/{_TYPE}/{_REPO}/revision/(?P<rev>[^/]+)", "GET info"),
+        (rf"/api/{_TYPE}/{_REPO}", "GET info"),
+        (
+            r"/(?P<prefix>datasets/|spaces/)?(?P<repo>[^/]+/[^/]+?)\.git/info/lfs/objects/batch",
+            "POST lfs_batch",
+        ),
+        (r"/lfs/verify", "POST lfs_verify"),
+        (r"/lfs/(?P<oid>[0-9a-f]{64})", "PUT lfs_put"),
+        (
+            r"/(?P<prefix>datasets/|spaces/)?(?P<repo>[^/]+/[^/]+?)/resolve/(?P<rev>[^/]+)/(?P<path>.+)",
+            "HEAD resolve_head",
+        ),
+        (
+            r"/(?P<prefix>datasets/|spaces/)?(?P<repo>[^/]+/[^/]+?)/resolve/(?P<rev>[^/]+)/(?P<path>.+)",
+            "GET resolve_get",
+        ),
+    ]
+]
 
 
 class HubServer:

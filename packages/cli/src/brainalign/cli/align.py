@@ -88,8 +88,14 @@ def lanczos_kernel(t: np.ndarray, window: int = 3) -> np.ndarray:
     return np.where(np.abs(t) > window, 0.0, val)
 
 
-def lanczos_resample(data: np.ndarray, old_times: np.ndarray, new_times: np.ndarray, *,
-                     window: int = 3, cutoff_mult: float = 1.0) -> np.ndarray:
+def lanczos_resample(
+    data: np.ndarray,
+    old_times: np.ndarray,
+    new_times: np.ndarray,
+    *,
+    window: int = 3,
+    cutoff_mult: float = 1.0,
+) -> np.ndarray:
     """Resample irregular samples (e.g. one per word) onto ``new_times`` (e.g. TR onsets).
 
     ``out[k] = sum_i L(f_c (new_times[k] - old_times[i])) data[i]`` with the cutoff

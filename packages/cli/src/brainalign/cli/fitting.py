@@ -17,7 +17,15 @@ import jax
 import numpy as np
 import pyarrow as pa
 
-from brainalign.encoders import block_folds, fit_ridge_cv, group_folds, normalize, pearson_r, predict, r2_score
+from brainalign.encoders import (
+    block_folds,
+    fit_ridge_cv,
+    group_folds,
+    normalize,
+    pearson_r,
+    predict,
+    r2_score,
+)
 from brainalign.features import FeatureStore, Table, create_table, open_table
 
 from .align import AlignmentPreset, get_preset, keep_mask, pca_train, prepare_design, zscore_by_run
@@ -96,8 +104,18 @@ def _repeat_strings(values: list, n_each: int) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(uniq, pa.string())).cast(pa.string())
 
 
-def scores_table(fit_name: str, dataset: str, subject: str, spaces: list[dict], r, r2, alpha, ceiling,
-                 r_norm, split: str = "test") -> pa.Table:
+def scores_table(
+    fit_name: str,
+    dataset: str,
+    subject: str,
+    spaces: list[dict],
+    r,
+    r2,
+    alpha,
+    ceiling,
+    r_norm,
+    split: str = "test",
+) -> pa.Table:
     """Rows of the scores table: one per (space, voxel); arrays are ``(n_spaces, n_voxels)``."""
     n_spaces, n_vox = r.shape
     n = n_spaces * n_vox
@@ -107,24 +125,33 @@ def scores_table(fit_name: str, dataset: str, subject: str, spaces: list[dict], 
 
     ceil = np.tile(ceiling, n_spaces)
     rn = np.asarray(r_norm, np.float32).ravel()
-    return pa.table({
-        "fit": const(fit_name), "dataset": const(dataset), "subject": const(subject),
-        "model": _repeat_strings([s["model"] for s in spaces], n_vox),
-        "instruction_id": _repeat_strings([s["instruction_id"] for s in spaces], n_vox),
-        "component": _repeat_strings([s["component"] for s in spaces], n_vox),
-        "layer": pa.array(np.repeat(np.array([s["layer"] for s in spaces], np.int16), n_vox)),
-        "pooling": _repeat_strings([s["pooling"] for s in spaces], n_vox),
-        "voxel": pa.array(np.tile(np.arange(n_vox, dtype=np.int32), n_spaces)),
-        "split": const(split),
-        "r": pa.array(np.asarray(r, np.float32).ravel()),
-        "r2": pa.array(np.asarray(r2, np.float32).ravel()),
-        "alpha": pa.array(np.asarray(alpha, np.float32).ravel()),
-        "ceiling": pa.array(ceil, mask=~np.isfinite(ceil)),
-        "r_norm": pa.array(rn, mask=~np.isfinite(rn)),
-    })
+    return pa.table(
+        {
+            "fit": const(fit_name),
+            "dataset": const(dataset),
+            "subject": const(subject),
+            "model": _repeat_strings([s["model"] for s in spaces], n_vox),
+            "instruction_id": _repeat_strings([s["instruction_id"] for s in spaces], n_vox),
+            "component": _repeat_strings([s["component"] for s in spaces], n_vox),
+            "layer": pa.array(np.repeat(np.array([s["layer"] for s in spaces], np.int16), n_vox)),
+            "pooling": _repeat_strings([s["pooling"] for s in spaces], n_vox),
+            "voxel": pa.array(np.tile(np.arange(n_vox, dtype=np.int32), n_spaces)),
+            "split": const(split),
+            "r": pa.array(np.asarray(r, np.float32).ravel()),
+            "r2": pa.array(np.asarray(r2, np.float32).ravel()),
+            "alpha": pa.array(np.asarray(alpha, np.float32).ravel()),
+            "ceiling": pa.array(ceil, mask=~np.isfinite(ceil)),
+            "r_norm": pa.array(rn, mask=~np.isfinite(rn)),
+        }
+    )
 
 
 def _open_inputs(features, responses):
+    for arg, t in (("features", features), ("responses", responses)):
+        if isinstance(t, (str, Path)) and not Path(t).exists():
+            raise ValueError(
+                f"{arg}: no table at {t} (pass --{arg} or set [tables] {arg} in brainalign.toml)"
+            )
     fs = features if isinstance(features, FeatureStore) else open_table(features)
     if not isinstance(fs, FeatureStore):
         raise ValueError(f"features: {fs.uri} is a {fs.table_kind} table, not a features table")
@@ -200,16 +227,26 @@ def fit_scores(
     pre = preset if isinstance(preset, AlignmentPreset) else get_preset(preset)
     say("joining features and responses on (stimulus_set, run, tr)")
     j = join_features_responses(
-        fs, rs, subject=subject, model=model, instruction=instruction, layer=layer,
-        component=component, pooling=pooling, where=where, allow_trim=allow_trim,
+        fs,
+        rs,
+        subject=subject,
+        model=model,
+        instruction=instruction,
+        layer=layer,
+        component=component,
+        pooling=pooling,
+        where=where,
+        allow_trim=allow_trim,
         lanczos_window=pre.lanczos_window,
     )
     all_runs = list(dict.fromkeys(j.runs.tolist()))
     train_runs, test_runs = split_runs(all_runs, test_runs)
     t_join = time.perf_counter()
 
-    say(f"aligning with preset {pre.name!r} (delays {list(pre.delays)}, pca {pre.pca}, "
-        f"trim {pre.trim_start}/{pre.trim_end})")
+    say(
+        f"aligning with preset {pre.name!r} (delays {list(pre.delays)}, pca {pre.pca}, "
+        f"trim {pre.trim_start}/{pre.trim_end})"
+    )
     keep = keep_mask(j.runs, pre.trim_start, pre.trim_end)
     is_test = np.isin(j.runs, test_runs)
     test, train = is_test & keep, ~is_test & keep
@@ -222,34 +259,67 @@ def fit_scores(
     t_align = time.perf_counter()
 
     device = device_description()
-    say(f"fitting {Xtr.shape[0]} feature space(s) x {Xtr.shape[2]} features x {Y.shape[1]:,} voxels on {device}")
+    say(
+        f"fitting {Xtr.shape[0]} feature space(s) x {Xtr.shape[2]} features x {Y.shape[1]:,} voxels on {device}"
+    )
     fit = fit_ridge_cv(Xtr, Ytr, alphas=alphas, folds=fold_idx)
     pred = predict(fit, Xte)  # (n_spaces, n_test, n_voxels)
     r = np.stack([np.asarray(pearson_r(Yte, p)) for p in pred])
     r2 = np.stack([np.asarray(r2_score(Yte, p)) for p in pred])
     t_fit = time.perf_counter()
     if weights is not None:
-        np.savez(weights, coef=fit.coef, intercept=fit.intercept, best_alpha=fit.best_alpha,
-                 delays=np.asarray(pre.delays), spaces=json.dumps(j.spaces, default=str))
+        np.savez(
+            weights,
+            coef=fit.coef,
+            intercept=fit.intercept,
+            best_alpha=fit.best_alpha,
+            delays=np.asarray(pre.delays),
+            spaces=json.dumps(j.spaces, default=str),
+        )
 
     n_spaces, n_vox = r.shape
     ceil = load_ceiling(ceiling, n_vox)
-    r_norm = normalize(r, ceil, min_ceiling=min_ceiling) if np.isfinite(ceil).any() else np.full_like(r, np.nan)
+    r_norm = (
+        normalize(r, ceil, min_ceiling=min_ceiling) if np.isfinite(ceil).any() else np.full_like(r, np.nan)
+    )
     table = scores_table(fit_name, j.dataset, j.subject, j.spaces, r, r2, fit.best_alpha, ceil, r_norm)
     say(f"writing {len(table):,} score rows")
     provenance = {
-        "fit": fit_name, "features": str(fs.uri), "features_version": fs.version,
-        "responses": str(rs.uri), "responses_version": rs.version, "preset": asdict(pre),
-        "alphas": list(map(float, alphas)), "train_runs": train_runs, "test_runs": test_runs,
-        "folds": fold_desc, "device": device,
+        "fit": fit_name,
+        "features": str(fs.uri),
+        "features_version": fs.version,
+        "responses": str(rs.uri),
+        "responses_version": rs.version,
+        "preset": asdict(pre),
+        "alphas": list(map(float, alphas)),
+        "train_runs": train_runs,
+        "test_runs": test_runs,
+        "folds": fold_desc,
+        "device": device,
     }
     st = create_table(scores, "scores", provenance=provenance, exist_ok=True)
     version = st.write(table)
     t_write = time.perf_counter()
     return FitSummary(
-        fit=fit_name, subject=j.subject, n_spaces=n_spaces, n_voxels=n_vox,
-        n_train=int(train.sum()), n_test=int(test.sum()), train_runs=train_runs, test_runs=test_runs,
-        device=device, scores_uri=str(scores), scores_version=version,
-        seconds={"join": t_join - t0, "align": t_align - t_join, "fit": t_fit - t_align, "write": t_write - t_fit},
-        dropped=j.dropped, preset=asdict(pre), folds=fold_desc, n_features=int(Xtr.shape[2]),
+        fit=fit_name,
+        subject=j.subject,
+        n_spaces=n_spaces,
+        n_voxels=n_vox,
+        n_train=int(train.sum()),
+        n_test=int(test.sum()),
+        train_runs=train_runs,
+        test_runs=test_runs,
+        device=device,
+        scores_uri=str(scores),
+        scores_version=version,
+        seconds={
+            "join": t_join - t0,
+            "align": t_align - t_join,
+            "fit": t_fit - t_align,
+            "write": t_write - t_fit,
+        },
+        dropped=j.dropped,
+        preset=asdict(pre),
+        folds=fold_desc,
+        n_features=int(Xtr.shape[2]),
     )

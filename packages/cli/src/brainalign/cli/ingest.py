@@ -123,7 +123,11 @@ def _hemi(path: Path) -> str | None:
 
 
 def discover_bids(
-    root: str | Path, *, subject: str | None = None, task: str | None = None, space: str | None = None,
+    root: str | Path,
+    *,
+    subject: str | None = None,
+    task: str | None = None,
+    space: str | None = None,
 ) -> list[RunInput]:
     """Find ``sub-*/[ses-*/]func/*_task-*_run-*_bold.*`` runs under a BIDS(-derivatives) tree.
 
@@ -157,12 +161,18 @@ def discover_bids(
                 (root / f"sub-{ent['sub']}").glob(f"**/func/{prefix}*_events.tsv")
             )
             conf = sorted(func.glob(f"{prefix}*_desc-confounds_timeseries.tsv")) or sorted(
-                func.glob(f"{prefix}*_confounds.tsv"))
+                func.glob(f"{prefix}*_confounds.tsv")
+            )
             side = func / (_stem(path) + ".json")
             ri = RunInput(
-                paths=[], run=(f"{ent['ses']}-{run}" if "ses" in ent else run), subject=f"sub-{ent.get('sub')}",
-                task=ent["task"], space=ent.get("space"), events=ev[0] if ev else None,
-                confounds=conf[0] if conf else None, sidecar=side if side.exists() else None,
+                paths=[],
+                run=(f"{ent['ses']}-{run}" if "ses" in ent else run),
+                subject=f"sub-{ent.get('sub')}",
+                task=ent["task"],
+                space=ent.get("space"),
+                events=ev[0] if ev else None,
+                confounds=conf[0] if conf else None,
+                sidecar=side if side.exists() else None,
             )
             found[key] = ri
         ri.paths.append(path)
@@ -171,8 +181,11 @@ def discover_bids(
         if len(ri.paths) > 1:
             ri.paths.sort(key=lambda p: {"L": 0, "R": 1}.get(_hemi(p) or "", 2))
     if not runs:
-        raise IngestError(f"bids: no sub-*/func/*_task-*_run-*_bold.* files under {root}"
-                          + (f" for subject={subject!r}" if subject else "") + (f" task={task!r}" if task else ""))
+        raise IngestError(
+            f"bids: no sub-*/func/*_task-*_run-*_bold.* files under {root}"
+            + (f" for subject={subject!r}" if subject else "")
+            + (f" task={task!r}" if task else "")
+        )
     return runs
 
 
@@ -185,19 +198,31 @@ def explicit_runs(paths: Sequence[str | Path], runs: Sequence[str] | None = None
         raise IngestError("bold: no input files given (pass files, or --bids DIR)")
     if runs and len(runs) != len(paths):
         raise IngestError(f"run: got {len(runs)} run label(s) for {len(paths)} file(s); give one per file")
-    labels = list(runs) if runs else [
-        (entities(p).get("run", "").lstrip("0") or str(i + 1)) for i, p in enumerate(paths)
-    ]
+    labels = (
+        list(runs)
+        if runs
+        else [(entities(p).get("run", "").lstrip("0") or str(i + 1)) for i, p in enumerate(paths)]
+    )
     grouped: dict[str, RunInput] = {}
     for p, lab in zip(paths, labels, strict=True):
         ent = entities(p)
-        ri = grouped.setdefault(lab, RunInput(paths=[], run=str(lab), task=ent.get("task"), space=ent.get("space"),
-                                              subject=f"sub-{ent['sub']}" if "sub" in ent else None))
+        ri = grouped.setdefault(
+            lab,
+            RunInput(
+                paths=[],
+                run=str(lab),
+                task=ent.get("task"),
+                space=ent.get("space"),
+                subject=f"sub-{ent['sub']}" if "sub" in ent else None,
+            ),
+        )
         ri.paths.append(p)
     for ri in grouped.values():
         if len(ri.paths) > 2 or (len(ri.paths) == 2 and not all(p.name.endswith(".gii") for p in ri.paths)):
-            raise IngestError(f"run: run {ri.run!r} has files {[str(p) for p in ri.paths]}; only the two GIFTI "
-                              "hemispheres of a run may share a run label")
+            raise IngestError(
+                f"run: run {ri.run!r} has files {[str(p) for p in ri.paths]}; only the two GIFTI "
+                "hemispheres of a run may share a run label"
+            )
         if len(ri.paths) == 2:
             ri.paths.sort(key=lambda p: {"L": 0, "R": 1}.get(_hemi(p) or "", 2))
     return list(grouped.values())
@@ -224,7 +249,9 @@ def _data(arg: str, path: Path, getter):
     try:
         return getter()
     except Exception as exc:  # truncated or corrupt data blocks (EOFError, zlib.error, OSError, ...)
-        raise IngestError(f"{arg}: cannot read the data of {path} (truncated or corrupt?): {_one_line(exc)}") from None
+        raise IngestError(
+            f"{arg}: cannot read the data of {path} (truncated or corrupt?): {_one_line(exc)}"
+        ) from None
 
 
 def _read_label_tsv(path: Path) -> dict[int, str]:
@@ -252,24 +279,31 @@ def _nifti_tr(img) -> float | None:
     return tr
 
 
-def read_nifti(path: Path, *, mask: Path | None, atlas: Path | None = None,
-               atlas_labels: Path | None = None) -> Brain:
+def read_nifti(
+    path: Path, *, mask: Path | None, atlas: Path | None = None, atlas_labels: Path | None = None
+) -> Brain:
     """A 4D NIfTI inside ``mask`` (or inside ``atlas > 0`` when no mask is given)."""
     img = _load("bold", path)
     if len(img.shape) != 4:
-        raise IngestError(f"bold: expected a 4D NIfTI (x, y, z, time), got {len(img.shape)}D shape "
-                          f"{tuple(img.shape)} in {path}")
+        raise IngestError(
+            f"bold: expected a 4D NIfTI (x, y, z, time), got {len(img.shape)}D shape "
+            f"{tuple(img.shape)} in {path}"
+        )
     shape3 = tuple(img.shape[:3])
     if mask is None and atlas is None:
-        raise IngestError(f"mask: a 4D NIfTI needs a brain or ROI mask (--mask) or an atlas (--atlas) for {path}")
+        raise IngestError(
+            f"mask: a 4D NIfTI needs a brain or ROI mask (--mask) or an atlas (--atlas) for {path}"
+        )
 
     def grid(arg, p):
         m = _load(arg, p)
         if tuple(m.shape[:3]) != shape3 or (len(m.shape) > 3 and any(s != 1 for s in m.shape[3:])):
             raise IngestError(f"{arg}: {p} has shape {tuple(m.shape)}, expected the BOLD grid {shape3}")
         if not np.allclose(m.affine, img.affine, atol=1e-3):
-            raise IngestError(f"{arg}: the affine of {p} does not match the BOLD affine of {path} "
-                              f"(max difference {np.abs(m.affine - img.affine).max():.3g}); resample it to the BOLD grid")
+            raise IngestError(
+                f"{arg}: the affine of {p} does not match the BOLD affine of {path} "
+                f"(max difference {np.abs(m.affine - img.affine).max():.3g}); resample it to the BOLD grid"
+            )
         return np.asanyarray(_data(arg, p, lambda: m.get_fdata(dtype=np.float32))).reshape(shape3)
 
     lab = grid("atlas", atlas) if atlas is not None else None
@@ -284,7 +318,9 @@ def read_nifti(path: Path, *, mask: Path | None, atlas: Path | None = None,
     if lab is not None:
         names = _read_label_tsv(atlas_labels) if atlas_labels else {}
         codes = np.rint(lab[sel]).astype(np.int64)
-        vox["roi"] = np.array([None if c == 0 else names.get(int(c), f"label-{c}") for c in codes], dtype=object)
+        vox["roi"] = np.array(
+            [None if c == 0 else names.get(int(c), f"label-{c}") for c in codes], dtype=object
+        )
     ref = {"format": "nifti", "shape": list(shape3), "affine": np.asarray(img.affine).tolist()}
     return Brain(Y, _nifti_tr(img), vox, ref, "nifti")
 
@@ -306,8 +342,10 @@ def read_cifti(path: Path, *, dlabel: Path | None = None) -> Brain:
         raise IngestError(f"bold: {path} is not a CIFTI-2 file")
     ax0, ax1 = img.header.get_axis(0), img.header.get_axis(1)
     if not isinstance(ax0, nib.cifti2.SeriesAxis) or not isinstance(ax1, nib.cifti2.BrainModelAxis):
-        raise IngestError(f"bold: {path} is a CIFTI-2 {type(ax0).__name__} x {type(ax1).__name__} file, "
-                          "expected a dense time series (.dtseries.nii: SeriesAxis x BrainModelAxis)")
+        raise IngestError(
+            f"bold: {path} is a CIFTI-2 {type(ax0).__name__} x {type(ax1).__name__} file, "
+            "expected a dense time series (.dtseries.nii: SeriesAxis x BrainModelAxis)"
+        )
     Y = np.ascontiguousarray(_data("bold", path, lambda: img.get_fdata(dtype=np.float32)))
     n = len(ax1)
     vertex = np.where(ax1.surface_mask, ax1.vertex, -1).astype(np.int64)
@@ -323,23 +361,33 @@ def read_cifti(path: Path, *, dlabel: Path | None = None) -> Brain:
         vox["_xyz_valid"] = ax1.volume_mask
     if dlabel is not None:
         lab = _load("labels", dlabel)
-        if not isinstance(lab, nib.Cifti2Image) or not isinstance(lab.header.get_axis(0), nib.cifti2.LabelAxis):
+        if not isinstance(lab, nib.Cifti2Image) or not isinstance(
+            lab.header.get_axis(0), nib.cifti2.LabelAxis
+        ):
             raise IngestError(f"labels: {dlabel} is not a CIFTI-2 dense label file (.dlabel.nii)")
         lax1 = lab.header.get_axis(1)
         if lax1 != ax1:
             raise IngestError(f"labels: the brain models of {dlabel} do not match those of {path}")
         table = lab.header.get_axis(0).label[0]
         codes = np.rint(_data("labels", dlabel, lambda: lab.get_fdata())[0]).astype(np.int64)
-        vox["roi"] = np.array([None if c == 0 else table.get(int(c), (f"label-{c}",))[0] for c in codes], dtype=object)
+        vox["roi"] = np.array(
+            [None if c == 0 else table.get(int(c), (f"label-{c}",))[0] for c in codes], dtype=object
+        )
     # contiguous blocks of one structure: enough to rebuild the brain model axis for maps
-    blocks = [[str(name), int(sl.start or 0), int((sl.stop if sl.stop is not None else n) - (sl.start or 0))]
-              for name, sl, _ in ax1.iter_structures()]
+    blocks = [
+        [str(name), int(sl.start or 0), int((sl.stop if sl.stop is not None else n) - (sl.start or 0))]
+        for name, sl, _ in ax1.iter_structures()
+    ]
     ref = {
-        "format": "cifti", "structures": blocks, "nvertices": {k: int(v) for k, v in ax1.nvertices.items()},
+        "format": "cifti",
+        "structures": blocks,
+        "nvertices": {k: int(v) for k, v in ax1.nvertices.items()},
         "affine": None if ax1.affine is None else np.asarray(ax1.affine).tolist(),
         "volume_shape": None if ax1.volume_shape is None else list(ax1.volume_shape),
     }
-    tr = float(ax0.step) * {"SECOND": 1.0, "MILLISECOND": 1e-3}.get(getattr(ax0, "unit", "SECOND").upper(), 1.0)
+    tr = float(ax0.step) * {"SECOND": 1.0, "MILLISECOND": 1e-3}.get(
+        getattr(ax0, "unit", "SECOND").upper(), 1.0
+    )
     return Brain(Y.astype(np.float32), tr if tr > 0 else None, vox, ref, "cifti")
 
 
@@ -386,7 +434,9 @@ def read_gifti(paths: Sequence[Path], *, labels: Sequence[Path] = ()) -> Brain:
         if lab_by_hemi:
             lp = lab_by_hemi.get(h)
             if lp is None:
-                raise IngestError(f"labels: no GIFTI label file for hemisphere {h} (got {[str(x) for x in labels]})")
+                raise IngestError(
+                    f"labels: no GIFTI label file for hemisphere {h} (got {[str(x) for x in labels]})"
+                )
             limg = _load("labels", lp)
             codes = _data("labels", lp, lambda limg=limg: limg.darrays[0].data).reshape(-1)
             if codes.shape[0] != nv:
@@ -394,8 +444,10 @@ def read_gifti(paths: Sequence[Path], *, labels: Sequence[Path] = ()) -> Brain:
             names = limg.labeltable.get_labels_as_dict()
             roi += [None if int(c) == 0 else names.get(int(c), f"label-{c}") or f"label-{c}" for c in codes]
     if len({y.shape[0] for y in Ys}) > 1:
-        raise IngestError(f"bold: the hemispheres {[str(p) for p in paths]} have different numbers of TRs "
-                          f"{[y.shape[0] for y in Ys]}")
+        raise IngestError(
+            f"bold: the hemispheres {[str(p) for p in paths]} have different numbers of TRs "
+            f"{[y.shape[0] for y in Ys]}"
+        )
     vox = {"vertex": np.concatenate(vertex), "hemi": np.array(hemi, dtype=object)}
     if lab_by_hemi:
         vox["roi"] = np.array(roi, dtype=object)
@@ -423,14 +475,18 @@ def read_tr_table(path: Path) -> dict[str, np.ndarray]:
 def read_matrix(path: Path) -> Brain:
     """A ``.npy`` matrix ``(n_trs, n_voxels)``."""
     if path.suffix in (".h5", ".hdf5"):
-        raise IngestError(f"bold: {path}: HDF5 input needs h5py, which brainalign does not depend on; "
-                          "save the matrix with numpy.save as .npy")
+        raise IngestError(
+            f"bold: {path}: HDF5 input needs h5py, which brainalign does not depend on; "
+            "save the matrix with numpy.save as .npy"
+        )
     if not path.exists():
         raise IngestError(f"bold: no such file {path}")
     try:
         Y = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise IngestError(f"bold: cannot read {path} (truncated or not a .npy file?): {_one_line(exc)}") from None
+        raise IngestError(
+            f"bold: cannot read {path} (truncated or not a .npy file?): {_one_line(exc)}"
+        ) from None
     if Y.ndim == 1:
         Y = Y[:, None]
     if Y.ndim != 2:
@@ -489,7 +545,9 @@ def _read_confounds(path: Path, columns: Sequence[str], n: int) -> np.ndarray:
         raise IngestError(f"confounds: columns {missing} are not in {path}")
     if len(rows) != n:
         raise IngestError(f"confounds: {path} has {len(rows)} rows, the BOLD run has {n} TRs")
-    return np.array([[float(r[c]) if r[c] not in ("", "n/a", "NaN") else np.nan for c in columns] for r in rows])
+    return np.array(
+        [[float(r[c]) if r[c] not in ("", "n/a", "NaN") else np.nan for c in columns] for r in rows]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,7 +600,12 @@ def ingest_responses(
     atlas = Path(atlas) if atlas else None
     atlas_labels = Path(atlas_labels) if atlas_labels else None
     labels = [Path(p) for p in labels]
-    for arg, p in (("mask", mask), ("atlas", atlas), ("atlas_labels", atlas_labels), *(("labels", q) for q in labels)):
+    for arg, p in (
+        ("mask", mask),
+        ("atlas", atlas),
+        ("atlas_labels", atlas_labels),
+        *(("labels", q) for q in labels),
+    ):
         if p is not None and not p.exists():
             raise IngestError(f"{arg}: no such file {p}")
     if trim_start < 0 or trim_end < 0:
@@ -566,13 +629,21 @@ def ingest_responses(
             ref, vox, fmt = b.reference, b.voxels, b.fmt
         else:
             if b.fmt != fmt:
-                raise IngestError(f"bold: run {ri.run} is {b.fmt}, earlier runs are {fmt}; ingest one format at a time")
+                raise IngestError(
+                    f"bold: run {ri.run} is {b.fmt}, earlier runs are {fmt}; ingest one format at a time"
+                )
             if b.Y.shape[1] != next(iter(rows))["Y"].shape[1]:
-                raise IngestError(f"bold: run {ri.run} ({ri.paths[0]}) has {b.Y.shape[1]} voxels, earlier runs "
-                                  f"{rows[0]['Y'].shape[1]}; every run must cover the same voxels")
-            if b.reference.get("affine") is not None and not np.allclose(b.reference["affine"], ref["affine"], atol=1e-3):
-                raise IngestError(f"bold: the affine of {ri.paths[0]} does not match the first run's; "
-                                  "resample the runs to one grid")
+                raise IngestError(
+                    f"bold: run {ri.run} ({ri.paths[0]}) has {b.Y.shape[1]} voxels, earlier runs "
+                    f"{rows[0]['Y'].shape[1]}; every run must cover the same voxels"
+                )
+            if b.reference.get("affine") is not None and not np.allclose(
+                b.reference["affine"], ref["affine"], atol=1e-3
+            ):
+                raise IngestError(
+                    f"bold: the affine of {ri.paths[0]} does not match the first run's; "
+                    "resample the runs to one grid"
+                )
         run_tr = tr
         if run_tr is None and ri.sidecar is not None:
             run_tr = json.loads(ri.sidecar.read_text()).get("RepetitionTime")
@@ -586,20 +657,35 @@ def ingest_responses(
             tt = read_tr_table(Path(tr_table))
             n_rows = len(next(iter(tt.values())))
             if n_rows != Y.shape[0]:
-                raise IngestError(f"tr_table: {tr_table} has {n_rows} rows but {ri.paths[0]} has {Y.shape[0]} TRs; "
-                                  "one row per TR is needed")
+                raise IngestError(
+                    f"tr_table: {tr_table} has {n_rows} rows but {ri.paths[0]} has {Y.shape[0]} TRs; "
+                    "one row per TR is needed"
+                )
             run_col = tt.get("run", np.array([ri.run] * n_rows, dtype=object))
             tr_col = tt.get("tr")
             for r in dict.fromkeys(run_col.tolist()):
                 m = run_col == r
-                trs = tr_col[m].astype(np.int32) if tr_col is not None else np.arange(int(m.sum()), dtype=np.int32)
+                trs = (
+                    tr_col[m].astype(np.int32)
+                    if tr_col is not None
+                    else np.arange(int(m.sum()), dtype=np.int32)
+                )
                 rows.append({"ri": ri, "run": str(r), "Y": Y[m], "trs": trs, "tr_s": float(run_tr)})
         else:
-            rows.append({"ri": ri, "run": ri.run, "Y": Y, "trs": np.arange(Y.shape[0], dtype=np.int32),
-                         "tr_s": float(run_tr)})
+            rows.append(
+                {
+                    "ri": ri,
+                    "run": ri.run,
+                    "Y": Y,
+                    "trs": np.arange(Y.shape[0], dtype=np.int32),
+                    "tr_s": float(run_tr),
+                }
+            )
         sources.append([str(p) for p in ri.paths])
     if len(tr_seen) > 1:
-        raise IngestError(f"tr: the runs have different repetition times {sorted(tr_seen)}; ingest them separately")
+        raise IngestError(
+            f"tr: the runs have different repetition times {sorted(tr_seen)}; ingest them separately"
+        )
     tr_s = tr_seen.pop()
 
     n_vox = rows[0]["Y"].shape[1]
@@ -609,15 +695,19 @@ def ingest_responses(
     n_bad = int(bad.sum())
     if n_bad and not drop_bad_voxels:
         first = np.flatnonzero(bad)[:3].tolist()
-        raise IngestError(f"bold: {n_bad:,} of {n_vox:,} voxels contain NaN or inf (e.g. voxel(s) {first}); "
-                          "fix the mask, or pass --drop-bad-voxels to leave them out")
+        raise IngestError(
+            f"bold: {n_bad:,} of {n_vox:,} voxels contain NaN or inf (e.g. voxel(s) {first}); "
+            "fix the mask, or pass --drop-bad-voxels to leave them out"
+        )
     keep = ~bad
     if not keep.any():
         raise IngestError("bold: every voxel contains NaN or inf")
     for r in rows:
         n = r["Y"].shape[0]
         if n <= trim_start + trim_end:
-            raise IngestError(f"trim: run {r['run']} has {n} TRs, fewer than trim_start + trim_end = {trim_start + trim_end}")
+            raise IngestError(
+                f"trim: run {r['run']} has {n} TRs, fewer than trim_start + trim_end = {trim_start + trim_end}"
+            )
         if r["Y"].ndim != 2 or n == 0:
             raise IngestError(f"bold: run {r['run']} has no TRs")
 
@@ -630,11 +720,15 @@ def ingest_responses(
         ri: RunInput = r["ri"]
         subj = subj_default or ri.subject
         if not subj:
-            raise IngestError(f"subject: no subject for {ri.paths[0]}; pass --subject (or use BIDS names sub-XX)")
+            raise IngestError(
+                f"subject: no subject for {ri.paths[0]}; pass --subject (or use BIDS names sub-XX)"
+            )
         sset = stimulus_set or ri.task
         if not sset:
-            raise IngestError(f"stimulus_set: no stimulus set for {ri.paths[0]}; pass --stimulus-set "
-                              "(BIDS files default to their task)")
+            raise IngestError(
+                f"stimulus_set: no stimulus set for {ri.paths[0]}; pass --stimulus-set "
+                "(BIDS files default to their task)"
+            )
         if (subj, r["run"]) in seen_keys:
             raise IngestError(f"run: run {r['run']!r} of {subj} appears twice in the inputs")
         seen_keys.add((subj, r["run"]))
@@ -660,23 +754,42 @@ def ingest_responses(
         out_rows["onset_s"].append(trs.astype(np.float64) * r["tr_s"])
     Yall = np.concatenate(blocks)
     n_vox_kept = int(keep.sum())
-    resp = pa.table({
-        **{k: out_rows[k] for k in ("dataset", "subject", "stimulus_set", "run")},
-        "tr": pa.array(np.concatenate(out_rows["tr"]).astype(np.int32)),
-        "onset_s": pa.array(np.concatenate(out_rows["onset_s"])),
-        "bold": pa.FixedSizeListArray.from_arrays(pa.array(Yall.ravel()), n_vox_kept),
-    })
-    space = space or inputs[0].space or {"nifti": "native", "cifti": "fsLR", "gifti": "surface", "matrix": "matrix"}[fmt]
+    resp = pa.table(
+        {
+            **{k: out_rows[k] for k in ("dataset", "subject", "stimulus_set", "run")},
+            "tr": pa.array(np.concatenate(out_rows["tr"]).astype(np.int32)),
+            "onset_s": pa.array(np.concatenate(out_rows["onset_s"])),
+            "bold": pa.FixedSizeListArray.from_arrays(pa.array(Yall.ravel()), n_vox_kept),
+        }
+    )
+    space = (
+        space
+        or inputs[0].space
+        or {"nifti": "native", "cifti": "fsLR", "gifti": "surface", "matrix": "matrix"}[fmt]
+    )
     vtables = []
     idx = np.arange(n_vox_kept, dtype=np.int32)
     for subj in per_subject_runs:
-        cols = {"dataset": [dataset] * n_vox_kept, "subject": [subj] * n_vox_kept, "voxel": idx,
-                "space": [space] * n_vox_kept}
+        cols = {
+            "dataset": [dataset] * n_vox_kept,
+            "subject": [subj] * n_vox_kept,
+            "voxel": idx,
+            "space": [space] * n_vox_kept,
+        }
         for c in ("i", "j", "k", "x", "y", "z", "vertex", "hemi", "roi"):
             if c in vox:
                 a = vox[c][keep]
-                valid = vox.get({"i": "_ijk_valid", "j": "_ijk_valid", "k": "_ijk_valid", "x": "_xyz_valid",
-                                 "y": "_xyz_valid", "z": "_xyz_valid", "vertex": "_vertex_valid"}.get(c, ""))
+                valid = vox.get(
+                    {
+                        "i": "_ijk_valid",
+                        "j": "_ijk_valid",
+                        "k": "_ijk_valid",
+                        "x": "_xyz_valid",
+                        "y": "_xyz_valid",
+                        "z": "_xyz_valid",
+                        "vertex": "_vertex_valid",
+                    }.get(c, "")
+                )
                 if a.dtype == object:
                     cols[c] = pa.array(a.tolist(), pa.string())
                 else:
@@ -684,15 +797,26 @@ def ingest_responses(
         vtables.append(pa.table(cols))
     vtab = pa.concat_tables(vtables)
     preprocessing = {
-        "confounds": list(confounds), "detrend": detrend_order, "zscore_per_run": bool(zscore_runs),
-        "trim_start": trim_start, "trim_end": trim_end, "dropped_voxels": n_bad,
+        "confounds": list(confounds),
+        "detrend": detrend_order,
+        "zscore_per_run": bool(zscore_runs),
+        "trim_start": trim_start,
+        "trim_end": trim_end,
+        "dropped_voxels": n_bad,
         "tr_numbering": "original (trimmed TRs keep their numbers)",
     }
     kept_idx = np.flatnonzero(keep).tolist() if n_bad else None
     provenance = {
-        "dataset": dataset, "tr_s": tr_s, "space": space, "format": fmt, "preprocessing": preprocessing,
-        "sources": sources, "mask": str(mask) if mask else None, "atlas": str(atlas) if atlas else None,
-        "labels": [str(p) for p in labels], "tr_table": str(tr_table) if tr_table else None,
+        "dataset": dataset,
+        "tr_s": tr_s,
+        "space": space,
+        "format": fmt,
+        "preprocessing": preprocessing,
+        "sources": sources,
+        "mask": str(mask) if mask else None,
+        "atlas": str(atlas) if atlas else None,
+        "labels": [str(p) for p in labels],
+        "tr_table": str(tr_table) if tr_table else None,
         "events": {ri.run: str(ri.events) for ri in inputs if ri.events},
         "confounds_files": {ri.run: str(ri.confounds) for ri in inputs if ri.confounds},
     }
@@ -709,8 +833,10 @@ def ingest_responses(
                 raise IngestError(f"responses: {r_uri} is a {rt.table_kind} table")
             have = rt.schema.field("bold").type.list_size
             if have != n_vox_kept:
-                raise IngestError(f"responses: {r_uri} holds {have:,} voxels per row, these inputs {n_vox_kept:,}; "
-                                  "write them to another table")
+                raise IngestError(
+                    f"responses: {r_uri} holds {have:,} voxels per row, these inputs {n_vox_kept:,}; "
+                    "write them to another table"
+                )
         if v_uri.exists() and open_table(v_uri).table_kind != "voxels":
             raise IngestError(f"voxels: {v_uri} is not a voxels table")
         if not r_uri.exists():
@@ -735,9 +861,19 @@ def ingest_responses(
         for v in vtab.column("roi").to_pylist()[:n_vox_kept]:
             rois[str(v)] = rois.get(str(v), 0) + 1
     return IngestSummary(
-        responses_uri=str(r_uri), voxels_uri=str(v_uri), responses_version=r_version, voxels_version=v_version,
-        dataset=dataset, subjects=list(per_subject_runs), runs={f"{s}/{r}": n for s, d in per_subject_runs.items()
-                                                                 for r, n in d.items()},
-        n_voxels=n_vox_kept, tr_s=tr_s, space=space, fmt=fmt, preprocessing=preprocessing, dropped_voxels=n_bad,
-        seconds=time.perf_counter() - t0, rois=rois,
+        responses_uri=str(r_uri),
+        voxels_uri=str(v_uri),
+        responses_version=r_version,
+        voxels_version=v_version,
+        dataset=dataset,
+        subjects=list(per_subject_runs),
+        runs={f"{s}/{r}": n for s, d in per_subject_runs.items() for r, n in d.items()},
+        n_voxels=n_vox_kept,
+        tr_s=tr_s,
+        space=space,
+        fmt=fmt,
+        preprocessing=preprocessing,
+        dropped_voxels=n_bad,
+        seconds=time.perf_counter() - t0,
+        rois=rois,
     )

@@ -92,24 +92,40 @@ def join_features_responses(
     (:func:`join_word_features`).
     """
     keys, emb = features.read(
-        model=model, instruction=instruction, layer=layer, component=component, pooling=pooling,
-        where=where, columns=["stimulus_set", "run", "tr", "onset_s", *SPACE_COLS],
+        model=model,
+        instruction=instruction,
+        layer=layer,
+        component=component,
+        pooling=pooling,
+        where=where,
+        columns=["stimulus_set", "run", "tr", "onset_s", *SPACE_COLS],
     )
     rtab, rkeys, subjects = _read_responses(responses, subject)
     n_null = keys.column("tr").null_count
     if n_null:
         if n_null != len(keys):
-            raise KeyMismatchError(f"features: {n_null:,} of {len(keys):,} selected rows have no tr; select "
-                                   "either TR-level or word-level features, not a mix")
+            raise KeyMismatchError(
+                f"features: {n_null:,} of {len(keys):,} selected rows have no tr; select "
+                "either TR-level or word-level features, not a mix"
+            )
         if not lanczos_window:
-            raise KeyMismatchError("features: the selected rows have no tr (word-level features); use a preset "
-                                   "with Lanczos resampling (e.g. huth) or --lanczos-window 3")
-        return join_word_features(keys, emb, rtab, rkeys, subjects[0], window=lanczos_window, allow_trim=allow_trim)
+            raise KeyMismatchError(
+                "features: the selected rows have no tr (word-level features); use a preset "
+                "with Lanczos resampling (e.g. huth) or --lanczos-window 3"
+            )
+        return join_word_features(
+            keys, emb, rtab, rkeys, subjects[0], window=lanczos_window, allow_trim=allow_trim
+        )
     keys = keys.drop_columns(["onset_s"])
 
     con = duckdb.connect()
     con.register("f", keys.append_column("fidx", pa.array(np.arange(len(keys), dtype=np.int64))))
-    con.register("r", rkeys.drop_columns(["onset_s"]).append_column("ridx", pa.array(np.arange(len(rkeys), dtype=np.int64))))
+    con.register(
+        "r",
+        rkeys.drop_columns(["onset_s"]).append_column(
+            "ridx", pa.array(np.arange(len(rkeys), dtype=np.int64))
+        ),
+    )
     spaces = con.sql(
         f"SELECT {', '.join(SPACE_COLS)}, count(*) AS n FROM f GROUP BY ALL ORDER BY {', '.join(SPACE_COLS)}"
     ).fetchall()
@@ -122,14 +138,15 @@ def join_features_responses(
     dropped = _describe_unmatched(con)
     if dropped and not allow_trim:
         raise KeyMismatchError(
-            "features and responses do not cover the same TRs:\n  " + "\n  ".join(dropped)
+            "features and responses do not cover the same TRs:\n  "
+            + "\n  ".join(dropped)
             + "\nfix the inputs, or pass allow_trim to fit on the common TRs only"
         )
     # samples in acquisition order (the order of the responses table); one column of feature
     # row indices per space
     order = con.sql(
         f"""
-        SELECT r.ridx, list(f.fidx ORDER BY {', '.join('f.' + c for c in SPACE_COLS)}) AS fidx
+        SELECT r.ridx, list(f.fidx ORDER BY {", ".join("f." + c for c in SPACE_COLS)}) AS fidx
         FROM r JOIN f USING (stimulus_set, run, tr)
         GROUP BY r.ridx HAVING count(*) = {len(spaces)}
         ORDER BY r.ridx
@@ -146,9 +163,14 @@ def join_features_responses(
     runs = np.asarray(rkeys.column("run").take(pa.array(ridx)).to_pylist())
     trs = np.asarray(rkeys.column("tr").take(pa.array(ridx)).to_pylist(), dtype=np.int32)
     return Joined(
-        X=X, Y=Y, runs=runs, trs=trs,
+        X=X,
+        Y=Y,
+        runs=runs,
+        trs=trs,
         spaces=[dict(zip(SPACE_COLS, s[:-1], strict=True)) for s in spaces],
-        subject=subjects[0], dataset=rkeys.column("dataset")[0].as_py(), dropped=dropped,
+        subject=subjects[0],
+        dataset=rkeys.column("dataset")[0].as_py(),
+        dropped=dropped,
     )
 
 
@@ -177,8 +199,14 @@ def _bold_rows(rtab: pa.Table, ridx: np.ndarray) -> np.ndarray:
 
 
 def join_word_features(
-    keys: pa.Table, emb: np.ndarray, rtab: pa.Table, rkeys: pa.Table, subject: str, *,
-    window: int = 3, allow_trim: bool = False,
+    keys: pa.Table,
+    emb: np.ndarray,
+    rtab: pa.Table,
+    rkeys: pa.Table,
+    subject: str,
+    *,
+    window: int = 3,
+    allow_trim: bool = False,
 ) -> Joined:
     """Resample word-level features onto the response TRs of each (stimulus_set, run).
 
@@ -199,10 +227,15 @@ def join_word_features(
     only_f = [r for r in f_runs if r not in set(r_runs)]
     only_r = [r for r in r_runs if r not in set(f_runs)]
     dropped = [f"run {r}: features have words, responses have no TRs" for _, r in only_f]
-    dropped += [f"run {r}: responses have {rk['run'].count(r):,} TRs, features have no words" for _, r in only_r]
+    dropped += [
+        f"run {r}: responses have {rk['run'].count(r):,} TRs, features have no words" for _, r in only_r
+    ]
     if dropped and not allow_trim:
-        raise KeyMismatchError("features and responses do not cover the same runs:\n  " + "\n  ".join(dropped)
-                               + "\nfix the inputs, or pass allow_trim to fit on the common runs only")
+        raise KeyMismatchError(
+            "features and responses do not cover the same runs:\n  "
+            + "\n  ".join(dropped)
+            + "\nfix the inputs, or pass allow_trim to fit on the common runs only"
+        )
     common = [r for r in r_runs if r in set(f_runs)]
     if not common:
         raise KeyMismatchError("features and responses share no (stimulus_set, run)")
@@ -210,7 +243,9 @@ def join_word_features(
     spaces = sorted(set(space_of), key=lambda s: tuple(str(x) for x in s))
     f_sr = np.array([f"{a}\x1f{b}" for a, b in zip(fk["stimulus_set"], fk["run"], strict=True)])
     r_sr = np.array([f"{a}\x1f{b}" for a, b in zip(rk["stimulus_set"], rk["run"], strict=True)])
-    f_space = np.array([spaces.index(s) for s in space_of]) if len(spaces) > 1 else np.zeros(len(space_of), int)
+    f_space = (
+        np.array([spaces.index(s) for s in space_of]) if len(spaces) > 1 else np.zeros(len(space_of), int)
+    )
     f_on = np.asarray(fk["onset_s"], dtype=np.float64)
     r_on = np.asarray(rk["onset_s"], dtype=np.float64)
     ridx = np.concatenate([np.flatnonzero(r_sr == f"{a}\x1f{b}") for a, b in common])
@@ -223,8 +258,12 @@ def join_word_features(
             X[si, pos : pos + rows.size] = lanczos_resample(emb[m], f_on[m], r_on[rows], window=window)
         pos += rows.size
     return Joined(
-        X=X, Y=_bold_rows(rtab, ridx), runs=np.asarray(rk["run"], dtype=object)[ridx].astype(str),
+        X=X,
+        Y=_bold_rows(rtab, ridx),
+        runs=np.asarray(rk["run"], dtype=object)[ridx].astype(str),
         trs=np.asarray(rk["tr"], dtype=np.int32)[ridx],
         spaces=[dict(zip(SPACE_COLS, s, strict=True)) for s in spaces],
-        subject=subject, dataset=rk["dataset"][0], dropped=dropped,
+        subject=subject,
+        dataset=rk["dataset"][0],
+        dropped=dropped,
     )

@@ -29,12 +29,19 @@ def _cell(v) -> str:
 def rich_table(table: pa.Table, *, title: str | None = None, max_rows: int = 50) -> RichTable:
     t = RichTable(title=title, show_lines=False, header_style="bold")
     for name in table.column_names:
-        t.add_column(name, justify="right" if pa.types.is_integer(table.schema.field(name).type)
-                     or pa.types.is_floating(table.schema.field(name).type) else "left")
+        t.add_column(
+            name,
+            justify="right"
+            if pa.types.is_integer(table.schema.field(name).type)
+            or pa.types.is_floating(table.schema.field(name).type)
+            else "left",
+        )
     for row in table.slice(0, max_rows).to_pylist():
         t.add_row(*(_cell(row[c]) for c in table.column_names))
     if len(table) > max_rows:
-        t.caption = f"{max_rows} of {len(table):,} rows shown; use --format csv/json/parquet with --output for all"
+        t.caption = (
+            f"{max_rows} of {len(table):,} rows shown; use --format csv/json/parquet with --output for all"
+        )
     return t
 
 
@@ -44,7 +51,9 @@ def _jsonable(v):
     return v
 
 
-def emit(table: pa.Table, fmt: str = "table", output: str | Path | None = None, *, title: str | None = None) -> None:
+def emit(
+    table: pa.Table, fmt: str = "table", output: str | Path | None = None, *, title: str | None = None
+) -> None:
     """Write ``table`` as ``fmt`` to ``output`` (a file) or stdout."""
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {list(FORMATS)}, got {fmt!r}")

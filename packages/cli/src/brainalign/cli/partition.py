@@ -47,19 +47,37 @@ def parse_selection(text: str) -> tuple[str, str]:
     """``"name=SQL filter"`` -> ``(name, filter)``."""
     name, sep, where = text.partition("=")
     name = name.strip()
-    if not sep or not name or not where.strip() or not name.replace("-", "_").replace(".", "_").isidentifier():
-        raise ValueError(f"space: expected NAME=SQL-FILTER (e.g. vqa=\"instruction_id = 'vqa' AND layer = 12\"), "
-                         f"got {text!r}")
+    if (
+        not sep
+        or not name
+        or not where.strip()
+        or not name.replace("-", "_").replace(".", "_").isidentifier()
+    ):
+        raise ValueError(
+            f"space: expected NAME=SQL-FILTER (e.g. vqa=\"instruction_id = 'vqa' AND layer = 12\"), "
+            f"got {text!r}"
+        )
     if "&" in name:
         raise ValueError(f"space: names must not contain '&', got {name!r}")
     return name, where.strip()
 
 
 def partition_variance(
-    features, responses, partitions: str | Path, *, selections: Mapping[str, str], fit_name: str,
-    test_runs: Sequence[str], subject: str | None = None, preset: str | AlignmentPreset = "fir4",
-    alphas: Sequence[float] = DEFAULT_ALPHAS, folds: str = "runs", correction: str = "none",
-    joint: str = "auto", allow_trim: bool = False, progress: Callable[[str], None] | None = None,
+    features,
+    responses,
+    partitions: str | Path,
+    *,
+    selections: Mapping[str, str],
+    fit_name: str,
+    test_runs: Sequence[str],
+    subject: str | None = None,
+    preset: str | AlignmentPreset = "fir4",
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    folds: str = "runs",
+    correction: str = "none",
+    joint: str = "auto",
+    allow_trim: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> PartitionSummary:
     """Partition held-out R² between 2 or 3 feature selections and write the partitions table.
 
@@ -78,17 +96,22 @@ def partition_variance(
     joined = {}
     for name, where in selections.items():
         say(f"joining selection {name!r}: {where}")
-        j = join_features_responses(fs, rs, subject=subject, where=where, allow_trim=allow_trim,
-                                    lanczos_window=pre.lanczos_window)
+        j = join_features_responses(
+            fs, rs, subject=subject, where=where, allow_trim=allow_trim, lanczos_window=pre.lanczos_window
+        )
         if len(j.spaces) != 1:
-            raise ValueError(f"space: selection {name!r} ({where}) picks {len(j.spaces)} feature spaces "
-                             f"{[s['instruction_id'] + '/' + str(s['layer']) for s in j.spaces][:6]}; narrow it to one")
+            raise ValueError(
+                f"space: selection {name!r} ({where}) picks {len(j.spaces)} feature spaces "
+                f"{[s['instruction_id'] + '/' + str(s['layer']) for s in j.spaces][:6]}; narrow it to one"
+            )
         joined[name] = j
     first = next(iter(joined.values()))
     for name, j in joined.items():
         if not (np.array_equal(j.runs, first.runs) and np.array_equal(j.trs, first.trs)):
-            raise KeyMismatchError(f"space: selection {name!r} covers other TRs than {next(iter(joined))!r}; "
-                                   "the selections must share their (stimulus_set, run, tr) keys")
+            raise KeyMismatchError(
+                f"space: selection {name!r} covers other TRs than {next(iter(joined))!r}; "
+                "the selections must share their (stimulus_set, run, tr) keys"
+            )
     all_runs = list(dict.fromkeys(first.runs.tolist()))
     train_runs, test_runs = split_runs(all_runs, test_runs)
     keep = keep_mask(first.runs, pre.trim_start, pre.trim_end)
@@ -103,8 +126,9 @@ def partition_variance(
     t_join = time.perf_counter()
     device = device_description()
     say(f"partitioning {list(joined)} over {Y.shape[1]:,} voxels on {device}")
-    part = variance_partition(sp_tr, Y[train], sp_te, Y[test], alphas=alphas, folds=fold_idx,
-                              correction=correction, joint=joint)
+    part = variance_partition(
+        sp_tr, Y[train], sp_te, Y[test], alphas=alphas, folds=fold_idx, correction=correction, joint=joint
+    )
     t_fit = time.perf_counter()
     names = list(joined)
     regions = dict(part.regions)
@@ -113,21 +137,40 @@ def partition_variance(
     labels = list(regions)
     n = len(labels) * n_vox
     spaces_desc = "; ".join(f"{k}={v}" for k, v in selections.items())
-    table = pa.table({
-        "fit": [fit_name] * n, "subject": [first.subject] * n, "spaces": [spaces_desc] * n,
-        "region": np.repeat(np.array(labels, dtype=object), n_vox).tolist(),
-        "voxel": pa.array(np.tile(np.arange(n_vox, dtype=np.int32), len(labels))),
-        "r2": pa.array(np.concatenate([np.asarray(regions[k], np.float32).ravel() for k in labels])),
-    })
-    provenance = {"fit": fit_name, "features": str(fs.uri), "responses": str(rs.uri), "selections": dict(selections),
-                  "preset": asdict(pre), "train_runs": train_runs, "test_runs": test_runs,
-                  "correction": correction, "joint": joint}
+    table = pa.table(
+        {
+            "fit": [fit_name] * n,
+            "subject": [first.subject] * n,
+            "spaces": [spaces_desc] * n,
+            "region": np.repeat(np.array(labels, dtype=object), n_vox).tolist(),
+            "voxel": pa.array(np.tile(np.arange(n_vox, dtype=np.int32), len(labels))),
+            "r2": pa.array(np.concatenate([np.asarray(regions[k], np.float32).ravel() for k in labels])),
+        }
+    )
+    provenance = {
+        "fit": fit_name,
+        "features": str(fs.uri),
+        "responses": str(rs.uri),
+        "selections": dict(selections),
+        "preset": asdict(pre),
+        "train_runs": train_runs,
+        "test_runs": test_runs,
+        "correction": correction,
+        "joint": joint,
+    }
     pt = create_table(partitions, "partitions", provenance=provenance, exist_ok=True)
     version = pt.write(table)
     t_write = time.perf_counter()
     return PartitionSummary(
-        fit=fit_name, subject=first.subject, names=names, n_voxels=n_vox, n_train=int(train.sum()),
-        n_test=int(test.sum()), device=device, partitions_uri=str(partitions), partitions_version=version,
+        fit=fit_name,
+        subject=first.subject,
+        names=names,
+        n_voxels=n_vox,
+        n_train=int(train.sum()),
+        n_test=int(test.sum()),
+        device=device,
+        partitions_uri=str(partitions),
+        partitions_version=version,
         mean_r2={k: float(np.mean(v)) for k, v in regions.items()},
         seconds={"join": t_join - t0, "partition": t_fit - t_join, "write": t_write - t_fit},
         dropped=first.dropped,

@@ -78,8 +78,12 @@ def load_project(path: str | Path | None = None, *, root: str | Path | None = No
     proj = data.get("project", {})
     unknown = set(data.get("tables", {})) - set(TABLES)
     if unknown:
-        raise ValueError(f"project: unknown table(s) {sorted(unknown)} in [tables] of {file}; expected {list(TABLES)}")
+        raise ValueError(
+            f"project: unknown table(s) {sorted(unknown)} in [tables] of {file}; expected {list(TABLES)}"
+        )
     rootp = Path(root) if root is not None else base / proj.get("root", ".")
-    tables = {k: (base / v if not Path(v).is_absolute() else Path(v)) for k, v in data.get("tables", {}).items()}
+    tables = {
+        k: (base / v if not Path(v).is_absolute() else Path(v)) for k, v in data.get("tables", {}).items()
+    }
     defaults = {k: v for k, v in data.items() if k not in ("project", "tables") and isinstance(v, dict)}
     return Project(root=rootp, tables=tables, defaults=defaults, path=file)

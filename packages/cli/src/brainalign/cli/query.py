@@ -34,7 +34,9 @@ def _scannable(table):
     """An object DuckDB can scan. DuckDB cannot read Arrow float16 columns at all, so a table
     holding one is exposed without those columns (the keys stay queryable)."""
     ds = table.dataset
-    half = [f.name for f in ds.schema if pa.types.is_fixed_size_list(f.type) and f.type.value_type == pa.float16()]
+    half = [
+        f.name for f in ds.schema if pa.types.is_fixed_size_list(f.type) and f.type.value_type == pa.float16()
+    ]
     if not half:
         return ds
     keep = [f.name for f in ds.schema if f.name not in half]
@@ -53,21 +55,49 @@ def instructions_table(features=None) -> pa.Table:
     if load_registry is not None:
         reg = load_registry()
         for ins in reg.instructions:
-            rows[ins.id] = {"instruction_id": ins.id, "text": ins.text, "family": ins.family, "source": ins.source,
-                            "registry_version": reg.version, "in_features": False}
+            rows[ins.id] = {
+                "instruction_id": ins.id,
+                "text": ins.text,
+                "family": ins.family,
+                "source": ins.source,
+                "registry_version": reg.version,
+                "in_features": False,
+            }
     if features is not None:
         prov = features.provenance.get("instructions") or {}
         if isinstance(prov, list):  # a list of {"id"/"instruction_id", "text"} records
             prov = {d.get("instruction_id", d.get("id")): d.get("text") for d in prov if isinstance(d, dict)}
-        ids = features.dataset.to_table(columns=["instruction_id"]).column("instruction_id").unique().to_pylist()
+        ids = (
+            features.dataset.to_table(columns=["instruction_id"])
+            .column("instruction_id")
+            .unique()
+            .to_pylist()
+        )
         for i in ids:
-            row = rows.setdefault(i, {"instruction_id": i, "text": None, "family": None, "source": "features table",
-                                      "registry_version": None, "in_features": True})
+            row = rows.setdefault(
+                i,
+                {
+                    "instruction_id": i,
+                    "text": None,
+                    "family": None,
+                    "source": "features table",
+                    "registry_version": None,
+                    "in_features": True,
+                },
+            )
             row["in_features"] = True
             if prov.get(i) is not None:
                 row["text"] = str(prov[i])
-    schema = pa.schema([("instruction_id", pa.string()), ("text", pa.string()), ("family", pa.string()),
-                        ("source", pa.string()), ("registry_version", pa.string()), ("in_features", pa.bool_())])
+    schema = pa.schema(
+        [
+            ("instruction_id", pa.string()),
+            ("text", pa.string()),
+            ("family", pa.string()),
+            ("source", pa.string()),
+            ("registry_version", pa.string()),
+            ("in_features", pa.bool_()),
+        ]
+    )
     return pa.Table.from_pylist(list(rows.values()), schema=schema)
 
 
@@ -87,8 +117,9 @@ def connect(root: str | Path, tables: Mapping[str, str | Path] | None = None) ->
     return con
 
 
-def run_query(sql: str, root: str | Path, *, read_only: bool = True,
-              tables: Mapping[str, str | Path] | None = None) -> pa.Table:
+def run_query(
+    sql: str, root: str | Path, *, read_only: bool = True, tables: Mapping[str, str | Path] | None = None
+) -> pa.Table:
     """Run one SQL statement over the tables under ``root`` and return an Arrow table.
 
     With ``read_only`` (the default) only queries (SELECT, WITH, …) are accepted.
@@ -101,7 +132,9 @@ def run_query(sql: str, root: str | Path, *, read_only: bool = True,
     if len(statements) != 1:
         raise ValueError(f"sql: expected exactly one statement, got {len(statements)}")
     if read_only and statements[0].type != duckdb.StatementType.SELECT:
-        raise ValueError(f"sql: only queries are allowed in read-only mode, got a {statements[0].type.name} statement")
+        raise ValueError(
+            f"sql: only queries are allowed in read-only mode, got a {statements[0].type.name} statement"
+        )
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:

@@ -23,20 +23,20 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow as pa
 
-from brainalign.features import open_table  # noqa: E402
+from brainalign.features import open_table
 
-from .query import run_query  # noqa: E402
+from .query import run_query
 
 LAYER_PROFILE_SQL = """
-SELECT v.roi, s.model, s.instruction_id, s.layer, avg(s.r) AS mean_r, avg(s.r_norm) AS mean_r_norm,
-       avg({metric}) AS score, count(*) AS n_voxels
+SELECT coalesce(v.roi, 'unlabelled') AS roi, s.model, s.instruction_id, s.layer, avg(s.r) AS mean_r,
+       avg(s.r_norm) AS mean_r_norm, avg({metric}) AS score, count(*) AS n_voxels
 FROM scores s JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
-WHERE s.fit = {fit} AND v.roi IS NOT NULL
-GROUP BY ALL ORDER BY v.roi, s.model, s.instruction_id, s.layer
+WHERE s.fit = {fit}
+GROUP BY ALL ORDER BY roi, s.model, s.instruction_id, s.layer
 """
 
 
@@ -49,25 +49,40 @@ def _metric(root, fit: str, tables) -> str:
     return "s.r_norm" if n.column("n")[0].as_py() else "s.r"
 
 
-def layer_profile(root: str | Path, fit: str, *, tables: Mapping | None = None, metric: str | None = None) -> pa.Table:
+def layer_profile(
+    root: str | Path, fit: str, *, tables: Mapping | None = None, metric: str | None = None
+) -> pa.Table:
     """Mean score per (ROI, model, instruction, layer) for one fit (columns roi, model,
-    instruction_id, layer, mean_r, mean_r_norm, score, n_voxels)."""
+    instruction_id, layer, mean_r, mean_r_norm, score, n_voxels); voxels without an ROI label
+    form the ROI ``unlabelled``."""
     metric = metric or _metric(root, fit, tables)
     return run_query(LAYER_PROFILE_SQL.format(metric=metric, fit=_q(fit)), root, tables=tables)
 
 
 def _label(row: dict, models: list) -> str:
-    return row["instruction_id"] if len(models) <= 1 else f"{row['model'].split('/')[-1]}: {row['instruction_id']}"
+    return (
+        row["instruction_id"]
+        if len(models) <= 1
+        else f"{row['model'].split('/')[-1]}: {row['instruction_id']}"
+    )
 
 
-def plot_layer_profiles(profile: pa.Table, path: str | Path, *, title: str = "", value: str = "mean_r",
-                        ylabel: str = "mean held-out r") -> Path:
+def plot_layer_profiles(
+    profile: pa.Table,
+    path: str | Path,
+    *,
+    title: str = "",
+    value: str = "mean_r",
+    ylabel: str = "mean held-out r",
+) -> Path:
     """One panel per ROI: mean score across layers, one line per (model,) instruction. Writes a PNG."""
     rows = profile.to_pylist()
     rois = list(dict.fromkeys(r["roi"] for r in rows))
     models = list(dict.fromkeys(r.get("model") for r in rows))
     series = list(dict.fromkeys(_label(r, models) for r in rows))
-    fig, axes = plt.subplots(1, max(len(rois), 1), figsize=(3.2 * max(len(rois), 1), 3.0), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(len(rois), 1), figsize=(3.2 * max(len(rois), 1), 3.0), sharey=True, squeeze=False
+    )
     for ax, roi in zip(axes[0], rois, strict=False):
         for lab in series:
             pts = sorted((r["layer"], r[value]) for r in rows if r["roi"] == roi and _label(r, models) == lab)
@@ -97,7 +112,9 @@ FROM prof GROUP BY ALL ORDER BY roi, model, instruction_id
 def instruction_profile(root, fit: str, *, tables=None, metric: str | None = None) -> pa.Table:
     """Per (ROI, model, instruction): the best layer and its mean score."""
     metric = metric or _metric(root, fit, tables)
-    prof = LAYER_PROFILE_SQL.format(metric=metric, fit=_q(fit)).replace("ORDER BY v.roi, s.model, s.instruction_id, s.layer", "")
+    prof = LAYER_PROFILE_SQL.format(metric=metric, fit=_q(fit)).replace(
+        "ORDER BY roi, s.model, s.instruction_id, s.layer", ""
+    )
     return run_query(INSTRUCTION_SQL.format(profile=prof), root, tables=tables)
 
 
@@ -106,12 +123,16 @@ def _grouped_bars(ax, groups: list, series: list, value_of, *, width_total: floa
     x = np.arange(len(groups))
     for k, s in enumerate(series):
         vals = [value_of(g, s) for g in groups]
-        ax.bar(x + (k - (len(series) - 1) / 2) * w, [np.nan if v is None else v for v in vals], w, label=str(s))
+        ax.bar(
+            x + (k - (len(series) - 1) / 2) * w, [np.nan if v is None else v for v in vals], w, label=str(s)
+        )
     ax.set_xticks(x, [str(g) for g in groups], rotation=30, ha="right")
     ax.axhline(0, color="0.6", lw=0.8)
 
 
-def plot_instructions(table: pa.Table, path: str | Path, *, title: str = "", ylabel: str = "score at best layer") -> Path:
+def plot_instructions(
+    table: pa.Table, path: str | Path, *, title: str = "", ylabel: str = "score at best layer"
+) -> Path:
     rows = table.to_pylist()
     rois = list(dict.fromkeys(r["roi"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -120,7 +141,8 @@ def plot_instructions(table: pa.Table, path: str | Path, *, title: str = "", yla
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rois) + 0.3 * len(series)), 3.4))
     _grouped_bars(ax, rois, series, lambda g, s: lookup.get((g, s)))
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, title="instruction")
+    if series:
+        ax.legend(fontsize=7, title="instruction")
     ax.set_title(title or "instructions per ROI (best layer each)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -129,10 +151,10 @@ def plot_instructions(table: pa.Table, path: str | Path, *, title: str = "", yla
 
 
 PARTITION_SQL = """
-SELECT v.roi, p.region, avg(p.r2) AS mean_r2, count(*) AS n_voxels
+SELECT coalesce(v.roi, 'unlabelled') AS roi, p.region, avg(p.r2) AS mean_r2, count(*) AS n_voxels
 FROM partitions p JOIN voxels v ON v.voxel = p.voxel AND v.subject = p.subject
-WHERE p.fit = {fit} AND v.roi IS NOT NULL
-GROUP BY ALL ORDER BY v.roi, p.region
+WHERE p.fit = {fit}
+GROUP BY ALL ORDER BY roi, p.region
 """
 
 
@@ -152,9 +174,12 @@ def plot_partition_bars(table: pa.Table, path: str | Path, *, title: str = "") -
     _grouped_bars(ax, rois, regions, lambda g, s: lookup.get((g, s)))
     tot = [lookup.get((g, "total")) for g in rois]
     if any(t is not None for t in tot):
-        ax.plot(np.arange(len(rois)), [np.nan if t is None else t for t in tot], "k_", ms=18, mew=2, label="total")
+        ax.plot(
+            np.arange(len(rois)), [np.nan if t is None else t for t in tot], "k_", ms=18, mew=2, label="total"
+        )
     ax.set_ylabel("mean held-out R²")
-    ax.legend(fontsize=7, title="region")
+    if regions:
+        ax.legend(fontsize=7, title="region")
     ax.set_title(title or "variance partition per ROI")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -176,11 +201,27 @@ def model_comparison(instructions: pa.Table, base: str, tuned: str) -> pa.Table:
         b, t = by.get((roi, ins, base)), by.get((roi, ins, tuned))
         if b is None or t is None:
             continue
-        out.append({"roi": roi, "instruction_id": ins, "base": b, "tuned": t,
-                    "change_pct": (t - b) / abs(b) * 100 if b else None})
-    return pa.Table.from_pylist(out, schema=pa.schema([
-        ("roi", pa.string()), ("instruction_id", pa.string()), ("base", pa.float64()), ("tuned", pa.float64()),
-        ("change_pct", pa.float64())]))
+        out.append(
+            {
+                "roi": roi,
+                "instruction_id": ins,
+                "base": b,
+                "tuned": t,
+                "change_pct": (t - b) / abs(b) * 100 if b else None,
+            }
+        )
+    return pa.Table.from_pylist(
+        out,
+        schema=pa.schema(
+            [
+                ("roi", pa.string()),
+                ("instruction_id", pa.string()),
+                ("base", pa.float64()),
+                ("tuned", pa.float64()),
+                ("change_pct", pa.float64()),
+            ]
+        ),
+    )
 
 
 def plot_model_comparison(table: pa.Table, path: str | Path, *, base: str, tuned: str) -> Path:
@@ -210,8 +251,9 @@ def _voxels(root, subject: str, tables) -> tuple[pa.Table, dict]:
     return vox, vt.provenance.get("reference") or {}
 
 
-def write_brain_map(values: np.ndarray, voxels: pa.Table, reference: Mapping, out_stem: str | Path,
-                    *, title: str = "") -> list[Path]:
+def write_brain_map(
+    values: np.ndarray, voxels: pa.Table, reference: Mapping, out_stem: str | Path, *, title: str = ""
+) -> list[Path]:
     """Write per-voxel ``values (n_voxels,)`` back to the format the data came in, plus a PNG.
 
     ``reference`` is the voxels table's provenance ``reference`` written at ingest
@@ -240,8 +282,11 @@ def write_brain_map(values: np.ndarray, voxels: pa.Table, reference: Mapping, ou
             data = np.full(int(nv), np.nan, np.float32)
             m = hemis == h
             data[np.array(v["vertex"])[m]] = values[m]
-            img = nib.GiftiImage(darrays=[nib.gifti.GiftiDataArray(data, intent="NIFTI_INTENT_NONE",
-                                                                   datatype="NIFTI_TYPE_FLOAT32")])
+            img = nib.GiftiImage(
+                darrays=[
+                    nib.gifti.GiftiDataArray(data, intent="NIFTI_INTENT_NONE", datatype="NIFTI_TYPE_FLOAT32")
+                ]
+            )
             p = Path(f"{out_stem}.hemi-{h}.func.gii")
             nib.save(img, p)
             written.append(p)
@@ -255,13 +300,21 @@ def write_brain_map(values: np.ndarray, voxels: pa.Table, reference: Mapping, ou
             sl = slice(start, start + count)
             # voxels table rows are in grayordinate order; rebuild one brain model per structure
             if name in reference["nvertices"]:
-                part = nib.cifti2.BrainModelAxis.from_surface(vert[sl], reference["nvertices"][name], name=name)
+                part = nib.cifti2.BrainModelAxis.from_surface(
+                    vert[sl], reference["nvertices"][name], name=name
+                )
             else:
-                part = nib.cifti2.BrainModelAxis(name=[name] * count, voxel=ijk[sl], affine=np.asarray(reference["affine"]),
-                                                 volume_shape=tuple(reference["volume_shape"]))
+                part = nib.cifti2.BrainModelAxis(
+                    name=[name] * count,
+                    voxel=ijk[sl],
+                    affine=np.asarray(reference["affine"]),
+                    volume_shape=tuple(reference["volume_shape"]),
+                )
             bm = part if bm is None else bm + part
         if bm is None or len(bm) != len(values):
-            raise ValueError("voxels: cannot rebuild the CIFTI-2 brain models (were voxels dropped at ingest?)")
+            raise ValueError(
+                "voxels: cannot rebuild the CIFTI-2 brain models (were voxels dropped at ingest?)"
+            )
         scalar = nib.cifti2.ScalarAxis([title or "score"])
         img = nib.Cifti2Image(values[None, :], header=(scalar, bm))
         p = Path(f"{out_stem}.dscalar.nii")
@@ -347,13 +400,23 @@ def _html_table(rows: list[dict], digits: int = 3) -> str:
     cols = list(rows[0])
     fmt = lambda x: f"{x:.{digits}f}" if isinstance(x, float) else ("" if x is None else str(x))  # noqa: E731
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(fmt(r[c]))}</td>" for c in cols) + "</tr>" for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def build_report(
-    root: str | Path, fit: str, out: str | Path, *, tables: Mapping | None = None, partition_fit: str | None = None,
-    compare: Sequence[str] | None = None, page_format: str = "html", maps: bool = True, max_maps: int = 4,
+    root: str | Path,
+    fit: str,
+    out: str | Path,
+    *,
+    tables: Mapping | None = None,
+    partition_fit: str | None = None,
+    compare: Sequence[str] | None = None,
+    page_format: str = "html",
+    maps: bool = True,
+    max_maps: int = 4,
     progress=None,
 ) -> Report:
     """Write the figures, brain maps and a summary page (``index.html`` or ``index.md``) for ``fit``.
@@ -369,10 +432,17 @@ def build_report(
         raise ValueError(f"format: expected 'html' or 'md', got {page_format!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n = run_query(f"SELECT count(*) AS n, any_value(subject) AS subject FROM scores WHERE fit = {_q(fit)}", root,
-                  tables=tables).to_pylist()[0]
+    n = run_query(
+        f"SELECT count(*) AS n, any_value(subject) AS subject FROM scores WHERE fit = {_q(fit)}",
+        root,
+        tables=tables,
+    ).to_pylist()[0]
     if not n["n"]:
-        fits = run_query("SELECT DISTINCT fit FROM scores ORDER BY fit", root, tables=tables).column("fit").to_pylist()
+        fits = (
+            run_query("SELECT DISTINCT fit FROM scores ORDER BY fit", root, tables=tables)
+            .column("fit")
+            .to_pylist()
+        )
         raise ValueError(f"fit: no scores for fit {fit!r}; the scores table has {fits}")
     metric = _metric(root, fit, tables)
     ylabel = "mean ceiling-normalised r" if metric == "s.r_norm" else "mean held-out r"
@@ -380,18 +450,22 @@ def build_report(
     say("layer profiles")
     prof = layer_profile(root, fit, tables=tables, metric=metric)
     rep.figures["layer profile per ROI"] = plot_layer_profiles(
-        prof, out / "layer_profiles.png", value="score", ylabel=ylabel, title=f"{fit}: {ylabel} by layer").name
+        prof, out / "layer_profiles.png", value="score", ylabel=ylabel, title=f"{fit}: {ylabel} by layer"
+    ).name
     say("instructions per ROI")
     ins = instruction_profile(root, fit, tables=tables, metric=metric)
-    rep.figures["instructions per ROI (best layer)"] = plot_instructions(ins, out / "instructions.png", ylabel=ylabel).name
+    rep.figures["instructions per ROI (best layer)"] = plot_instructions(
+        ins, out / "instructions.png", ylabel=ylabel
+    ).name
     rep.tables["best layer per ROI and instruction"] = ins.to_pylist()
     if partition_fit:
         say("partition bars")
         pp = partition_profile(root, partition_fit, tables=tables)
         if len(pp) == 0:
             raise ValueError(f"partition_fit: no partitions for fit {partition_fit!r} joined with voxel ROIs")
-        rep.figures["variance partition per ROI"] = plot_partition_bars(pp, out / "partitions.png",
-                                                                        title=f"{partition_fit}").name
+        rep.figures["variance partition per ROI"] = plot_partition_bars(
+            pp, out / "partitions.png", title=f"{partition_fit}"
+        ).name
         rep.tables["variance partition per ROI"] = pp.to_pylist()
     if compare:
         if len(compare) != 2:
@@ -399,26 +473,34 @@ def build_report(
         say("base vs instruction-tuned")
         cmp = model_comparison(ins, compare[0], compare[1])
         rep.figures["base vs instruction-tuned"] = plot_model_comparison(
-            cmp, out / "base_vs_tuned.png", base=compare[0], tuned=compare[1]).name
+            cmp, out / "base_vs_tuned.png", base=compare[0], tuned=compare[1]
+        ).name
         rep.tables["base vs instruction-tuned"] = cmp.to_pylist()
     if maps:
         say("brain maps")
         vox, ref = _voxels(root, n["subject"], tables)
         best = run_query(
-            f"""WITH prof AS (SELECT model, instruction_id, layer, avg({metric.replace('s.', '')}) AS score
+            f"""WITH prof AS (SELECT model, instruction_id, layer, avg({metric.replace("s.", "")}) AS score
                   FROM scores WHERE fit = {_q(fit)} GROUP BY ALL)
                 SELECT model, instruction_id, arg_max(layer, score) AS layer FROM prof GROUP BY ALL
-                ORDER BY model, instruction_id LIMIT {int(max_maps)}""", root, tables=tables).to_pylist()
+                ORDER BY model, instruction_id LIMIT {int(max_maps)}""",
+            root,
+            tables=tables,
+        ).to_pylist()
         for b in best:
             vals = run_query(
-                f"""SELECT voxel, {metric.replace('s.', '')} AS v FROM scores WHERE fit = {_q(fit)}
-                    AND subject = {_q(n['subject'])} AND model = {_q(b['model'])}
-                    AND instruction_id = {_q(b['instruction_id'])} AND layer = {int(b['layer'])} ORDER BY voxel""",
-                root, tables=tables)
+                f"""SELECT voxel, {metric.replace("s.", "")} AS v FROM scores WHERE fit = {_q(fit)}
+                    AND subject = {_q(n["subject"])} AND model = {_q(b["model"])}
+                    AND instruction_id = {_q(b["instruction_id"])} AND layer = {int(b["layer"])} ORDER BY voxel""",
+                root,
+                tables=tables,
+            )
             arr = np.full(len(vox), np.nan, np.float32)
             idx = np.asarray(vals.column("voxel").to_numpy())
             arr[idx] = np.asarray(vals.column("v").to_numpy(zero_copy_only=False), dtype=np.float32)
-            stem = out / f"map_{b['model'].split('/')[-1]}_{b['instruction_id']}_layer{b['layer']}".replace(" ", "_")
+            stem = out / f"map_{b['model'].split('/')[-1]}_{b['instruction_id']}_layer{b['layer']}".replace(
+                " ", "_"
+            )
             files = write_brain_map(arr, vox, ref, stem, title=f"{b['instruction_id']} layer {b['layer']}")
             rep.maps += [f.name for f in files]
     _write_page(rep, fit, ylabel, page_format)
@@ -436,16 +518,23 @@ def _write_page(rep: Report, fit: str, ylabel: str, page_format: str) -> None:
             parts.append("## brain maps\n\n" + "\n".join(f"- [{m}]({m})" for m in rep.maps) + "\n")
         rep.page.write_text("\n".join(parts))
         return
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>brainalign report: {html.escape(fit)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}img{max-width:100%}</style></head><body>",
-             f"<h1>brainalign report: fit <code>{html.escape(fit)}</code></h1><p>Score: {html.escape(ylabel)}.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>brainalign report: {html.escape(fit)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}img{max-width:100%}</style></head><body>",
+        f"<h1>brainalign report: fit <code>{html.escape(fit)}</code></h1><p>Score: {html.escape(ylabel)}.</p>",
+    ]
     for name, fig in rep.figures.items():
-        parts.append(f"<h2>{html.escape(name)}</h2><a href='{html.escape(fig)}'><img src='{html.escape(fig)}'></a>")
+        parts.append(
+            f"<h2>{html.escape(name)}</h2><a href='{html.escape(fig)}'><img src='{html.escape(fig)}'></a>"
+        )
     for name, rows in rep.tables.items():
         parts.append(f"<h2>{html.escape(name)}</h2>{_html_table(rows)}")
     if rep.maps:
-        parts.append("<h2>brain maps</h2><ul>" + "".join(
-            f"<li><a href='{html.escape(m)}'>{html.escape(m)}</a></li>" for m in rep.maps) + "</ul>")
+        parts.append(
+            "<h2>brain maps</h2><ul>"
+            + "".join(f"<li><a href='{html.escape(m)}'>{html.escape(m)}</a></li>" for m in rep.maps)
+            + "</ul>"
+        )
     parts.append(f"<!-- {html.escape(json.dumps({'fit': fit}))} --></body></html>")
     rep.page.write_text("\n".join(parts))

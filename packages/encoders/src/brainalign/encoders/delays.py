@@ -29,7 +29,9 @@ def delay(X, delays: Sequence[int], groups=None) -> np.ndarray:
     X = as_float_array("X", X, ndim=2, finite=False)
     d = np.asarray(delays)
     if d.ndim != 1 or d.size == 0 or d.dtype.kind not in "iu":
-        raise ValueError(f"delays: expected a non-empty 1-D sequence of integers, got {list(np.atleast_1d(d))}")
+        raise ValueError(
+            f"delays: expected a non-empty 1-D sequence of integers, got {list(np.atleast_1d(d))}"
+        )
     n, p = X.shape
     if groups is None:
         bounds = [(0, n)]

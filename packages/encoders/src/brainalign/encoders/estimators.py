@@ -17,8 +17,8 @@ class RidgeCV:
     alphas : (n_alphas,) penalties to search.
     cv : int (contiguous blocks, never shuffled), a list of ``(train_idx, val_idx)`` folds, or
         ``None`` to use ``groups`` passed to :meth:`fit` (leave-one-group-out).
-    fit_intercept, score, alpha_convention, normalize_alpha, memory_budget : see
-        :func:`fit_ridge_cv`.
+    fit_intercept, score, alpha_convention, normalize_alpha, memory_budget, decomposition,
+    mesh : see :func:`fit_ridge_cv`.
 
     Attributes
     ----------
@@ -36,6 +36,8 @@ class RidgeCV:
         alpha_convention: str = "sklearn",
         normalize_alpha: bool = False,
         memory_budget: int | None = None,
+        decomposition: str = "eigh",
+        mesh=None,
     ):
         self.alphas = alphas
         self.cv = cv
@@ -44,6 +46,8 @@ class RidgeCV:
         self.alpha_convention = alpha_convention
         self.normalize_alpha = normalize_alpha
         self.memory_budget = memory_budget
+        self.decomposition = decomposition
+        self.mesh = mesh
 
     def _folds(self, n_samples: int, groups):
         if groups is not None:
@@ -59,9 +63,17 @@ class RidgeCV:
         X = np.asarray(X)
         folds = self._folds(X.shape[-2] if X.ndim >= 2 else len(X), groups)
         self.fit_: RidgeFit = fit_ridge_cv(
-            X, Y, alphas=self.alphas, folds=folds, fit_intercept=self.fit_intercept,
-            score=self.score_name, alpha_convention=self.alpha_convention,
-            normalize_alpha=self.normalize_alpha, memory_budget=self.memory_budget,
+            X,
+            Y,
+            alphas=self.alphas,
+            folds=folds,
+            fit_intercept=self.fit_intercept,
+            score=self.score_name,
+            alpha_convention=self.alpha_convention,
+            normalize_alpha=self.normalize_alpha,
+            memory_budget=self.memory_budget,
+            decomposition=self.decomposition,
+            mesh=self.mesh,
         )
         self.coef_ = self.fit_.coef
         self.intercept_ = self.fit_.intercept

@@ -33,6 +33,7 @@ less than least squares, so this slightly over-corrects when regularisation is s
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import combinations
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -40,7 +41,6 @@ import numpy as np
 from .banded import fit_banded_ridge_cv, predict_banded
 from .ridge import fit_ridge_cv
 from .scoring import r2_score
-from .simulate import region_labels
 from .validation import as_float_array, check_alphas, check_folds
 
 Joint = Literal["auto", "ridge", "banded"]
@@ -72,6 +72,17 @@ class Partition(NamedTuple):
     best_alpha: dict
     banded: frozenset
     correction: str
+
+
+def region_labels(names) -> list[tuple[str, frozenset]]:
+    """All regions of ``names``: ``(label, members)`` ordered by size, then by the given order
+    (``A, B, C, A&B, A&C, B&C, A&B&C``)."""
+    names = list(names)
+    out = []
+    for k in range(1, len(names) + 1):
+        for combo in combinations(names, k):
+            out.append(("&".join(combo), frozenset(combo)))
+    return out
 
 
 def partition_regions(r2: Mapping, names) -> dict:

@@ -27,12 +27,12 @@ the population model; a model fitted on ``n`` samples with ``p`` features scores
 from __future__ import annotations
 
 from collections.abc import Mapping
-from itertools import combinations
 from typing import NamedTuple
 
 import numpy as np
 
 from .hrf import convolve_hrf
+from .partition import region_labels
 
 
 class Simulation(NamedTuple):
@@ -56,17 +56,6 @@ class Simulation(NamedTuple):
     regions: dict
     r2: dict
     snr: np.ndarray
-
-
-def region_labels(names) -> list[tuple[str, frozenset]]:
-    """All regions of ``names``: ``(label, members)`` ordered by size, then by the given order
-    (``A, B, C, A&B, A&C, B&C, A&B&C``)."""
-    names = list(names)
-    out = []
-    for k in range(1, len(names) + 1):
-        for combo in combinations(names, k):
-            out.append(("&".join(combo), frozenset(combo)))
-    return out
 
 
 def expected_test_r2(r2, n_features, n_samples):

@@ -128,27 +128,43 @@ def build_index(table: Table, path_in_repo: str) -> dict[str, Any]:
     groups and files (``{path: {"size", "sha256"}}``)."""
     ds = table.dataset
     root = Path(table.uri)
-    files = {f"{path_in_repo}/{rel}": {"size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)}
-             for rel in table_files(table)}
+    files = {
+        f"{path_in_repo}/{rel}": {"size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)}
+        for rel in table_files(table)
+    }
     fragments = {}
     for frag in ds.get_fragments():
         md = frag.metadata.to_json()
         fragments[str(md["id"])] = {
             "files": [f"{path_in_repo}/data/{f['path']}" for f in md["files"]],
-            "deletion": f"{path_in_repo}/{_deletion_path(md['id'], md['deletion_file'])}" if md.get("deletion_file") else None,
+            "deletion": f"{path_in_repo}/{_deletion_path(md['id'], md['deletion_file'])}"
+            if md.get("deletion_file")
+            else None,
             "rows": frag.count_rows(),
         }
     entry: dict[str, Any] = {
-        "kind": table.table_kind, "path": path_in_repo, "version": ds.version,
+        "kind": table.table_kind,
+        "path": path_in_repo,
+        "version": ds.version,
         "manifest": f"{path_in_repo}/_versions/{_manifest_name(ds.version)}",
-        "tags": table.tags(), "rows": ds.count_rows(),
+        "tags": table.tags(),
+        "rows": ds.count_rows(),
         "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in ds.schema],
-        "provenance": table.provenance, "fragments": fragments, "files": files,
+        "provenance": table.provenance,
+        "fragments": fragments,
+        "files": files,
     }
     if table.table_kind == "features":
         store = table if isinstance(table, FeatureStore) else FeatureStore(ds, table.uri)
-        entry.update(dim=store.dim, dtype=store.storage_dtype, available=store.available() if entry["rows"] else
-                     {c: [] for c in ("model", "instruction_id", "component", "layer", "stimulus_set", "pooling")})
+        entry.update(
+            dim=store.dim,
+            dtype=store.storage_dtype,
+            available=store.available()
+            if entry["rows"]
+            else {
+                c: [] for c in ("model", "instruction_id", "component", "layer", "stimulus_set", "pooling")
+            },
+        )
         groups: dict[tuple, dict] = {}
         if entry["rows"]:
             t = ds.to_table(columns=list(FEATURE_GROUP), with_row_address=True)
@@ -160,15 +176,18 @@ def build_index(table: Table, path_in_repo: str) -> dict[str, Any]:
                 g = groups.setdefault(key, {**{c: row[c] for c in FEATURE_GROUP}, "rows": 0, "fragments": []})
                 g["rows"] += row["count_all"]
                 g["fragments"].append(str(row["_frag"]))
-        entry["groups"] = [dict(g, fragments=sorted(g["fragments"], key=int)) for _, g in sorted(groups.items())]
+        entry["groups"] = [
+            dict(g, fragments=sorted(g["fragments"], key=int)) for _, g in sorted(groups.items())
+        ]
     return entry
 
 
 # ---- push ---------------------------------------------------------------------------------
 def _remote_files(api: HfApi, repo_id: str, revision: str, prefix: str) -> dict[str, Any]:
     try:
-        entries = api.list_repo_tree(repo_id, path_in_repo=prefix, recursive=True, repo_type="dataset",
-                                     revision=revision)
+        entries = api.list_repo_tree(
+            repo_id, path_in_repo=prefix, recursive=True, repo_type="dataset", revision=revision
+        )
         return {e.path: e for e in entries if hasattr(e, "blob_id")}
     except EntryNotFoundError:
         return {}
@@ -193,9 +212,18 @@ def _unchanged(local: Path, rel: str, info: dict, remote) -> bool:
 
 
 def push(
-    store: Table, repo_id: str, *, tag: str | None = None, private: bool = False, token: str | None = None,
-    path_in_repo: str | None = None, license: str = "cc-by-4.0", commit_message: str | None = None,
-    max_bytes_per_file: int = MAX_BYTES_PER_FILE, endpoint: str | None = None, retries: int = 5,
+    store: Table,
+    repo_id: str,
+    *,
+    tag: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    path_in_repo: str | None = None,
+    license: str = "cc-by-4.0",
+    commit_message: str | None = None,
+    max_bytes_per_file: int = MAX_BYTES_PER_FILE,
+    endpoint: str | None = None,
+    retries: int = 5,
 ) -> dict[str, Any]:
     """Publish a table to the dataset repo ``repo_id`` in one commit; returns what was done.
 
@@ -210,7 +238,8 @@ def push(
     """
     store.refresh()
     path_in_repo = (path_in_repo or f"{store.table_kind or 'table'}.lance").strip("/")
-    too_big = [p for p in Path(store.uri).rglob("*.lance") if p.stat().st_size > max_bytes_per_file]
+    root = Path(store.uri)
+    too_big = [root / p for p in table_files(store) if (root / p).stat().st_size > max_bytes_per_file]
     if too_big:
         raise HubError(
             f"store: {len(too_big)} data file(s) exceed max_bytes_per_file={max_bytes_per_file} "
@@ -226,8 +255,10 @@ def push(
     except HfHubHTTPError as exc:
         if _http_status(exc) == 401:
             raise _auth_error(repo_id, endpoint) from None
-        raise HubError(f"repo_id: could not create or open dataset repo {repo_id!r} on {endpoint}: "
-                       f"HTTP {_http_status(exc)}") from None
+        raise HubError(
+            f"repo_id: could not create or open dataset repo {repo_id!r} on {endpoint}: "
+            f"HTTP {_http_status(exc)}"
+        ) from None
     for attempt in range(retries + 1):
         try:
             result = _push_once(api, store, repo_id, entry, path_in_repo, license, commit_message)
@@ -235,7 +266,9 @@ def push(
         except HfHubHTTPError as exc:
             status = _http_status(exc)
             if status == 412 and attempt < retries:
-                logger.info("push to %s raced another commit; retrying (%d/%d)", repo_id, attempt + 1, retries)
+                logger.info(
+                    "push to %s raced another commit; retrying (%d/%d)", repo_id, attempt + 1, retries
+                )
                 continue
             if status == 401:
                 raise _auth_error(repo_id, endpoint) from None
@@ -256,7 +289,7 @@ def _push_once(api, store, repo_id, entry, path_in_repo, license, commit_message
     ops: list = []
     uploaded, unchanged, nbytes = [], 0, 0
     for rpath, info in sorted(entry["files"].items()):
-        rel = rpath[len(path_in_repo) + 1:]
+        rel = rpath[len(path_in_repo) + 1 :]
         if _unchanged(root / rel, rel, info, remote.get(rpath)):
             unchanged += 1
             continue
@@ -276,8 +309,13 @@ def _push_once(api, store, repo_id, entry, path_in_repo, license, commit_message
         return {"commit": head, "uploaded": [], "deleted": [], "unchanged": unchanged, "bytes_uploaded": 0}
     message = commit_message or f"brainalign: {path_in_repo} at Lance version {entry['version']}"
     info = api.create_commit(repo_id, ops, commit_message=message, repo_type="dataset", parent_commit=head)
-    return {"commit": info.oid, "uploaded": uploaded, "deleted": deleted, "unchanged": unchanged,
-            "bytes_uploaded": nbytes}
+    return {
+        "commit": info.oid,
+        "uploaded": uploaded,
+        "deleted": deleted,
+        "unchanged": unchanged,
+        "bytes_uploaded": nbytes,
+    }
 
 
 def _hub_tag(api: HfApi, repo_id: str, tag: str, commit: str, version: int) -> None:
@@ -288,11 +326,15 @@ def _hub_tag(api: HfApi, repo_id: str, tag: str, commit: str, version: int) -> N
             return
         # the tag may point at an earlier commit of the same Lance version (a re-push)
         with tempfile.TemporaryDirectory() as tmp:
-            p = api.hf_hub_download(repo_id, INDEX_FILE, repo_type="dataset", revision=existing[tag], local_dir=tmp)
+            p = api.hf_hub_download(
+                repo_id, INDEX_FILE, repo_type="dataset", revision=existing[tag], local_dir=tmp
+            )
             tagged = json.loads(Path(p).read_text())
         if any(t["version"] == version for t in tagged["tables"].values()):
             return
-        raise HubError(f"tag: {tag!r} already names commit {existing[tag]} of {repo_id} holding another version")
+        raise HubError(
+            f"tag: {tag!r} already names commit {existing[tag]} of {repo_id} holding another version"
+        )
     api.create_tag(repo_id, tag=tag, revision=commit, repo_type="dataset")
 
 
@@ -306,7 +348,7 @@ def _list(values) -> list | None:
 def _explain_revision(api: HfApi, repo_id: str, revision: str | None) -> str:
     try:
         refs = api.list_repo_refs(repo_id, repo_type="dataset")
-        return (f"branches {sorted(b.name for b in refs.branches)}, tags {sorted(t.name for t in refs.tags)}")
+        return f"branches {sorted(b.name for b in refs.branches)}, tags {sorted(t.name for t in refs.tags)}"
     except Exception:  # the listing only decorates the message
         return "its refs could not be listed"
 
@@ -314,19 +356,32 @@ def _explain_revision(api: HfApi, repo_id: str, revision: str | None) -> str:
 def _snapshot(repo_id, revision, patterns, cache_dir, token, endpoint) -> Path:
     api = HfApi(endpoint=endpoint, token=token)
     try:
-        return Path(snapshot_download(
-            repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns, cache_dir=cache_dir,
-            token=token, endpoint=endpoint,
-        ))
+        return Path(
+            snapshot_download(
+                repo_id,
+                repo_type="dataset",
+                revision=revision,
+                allow_patterns=patterns,
+                cache_dir=cache_dir,
+                token=token,
+                endpoint=endpoint,
+            )
+        )
     except RevisionNotFoundError:
-        raise HubError(f"revision: {revision!r} is not a branch, tag or commit of {repo_id!r}; the repo has "
-                       f"{_explain_revision(api, repo_id, revision)}") from None
+        raise HubError(
+            f"revision: {revision!r} is not a branch, tag or commit of {repo_id!r}; the repo has "
+            f"{_explain_revision(api, repo_id, revision)}"
+        ) from None
     except RepositoryNotFoundError:
-        raise HubError(f"repo_id: no dataset repo {repo_id!r} on {api.endpoint} (or it is private and no valid "
-                       "token was sent)") from None
+        raise HubError(
+            f"repo_id: no dataset repo {repo_id!r} on {api.endpoint} (or it is private and no valid "
+            "token was sent)"
+        ) from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError):
-        raise HubError(f"{repo_id!r} at revision {revision or 'main'!r} is not in the local cache and the Hub "
-                       "cannot be reached (offline mode, HF_HUB_OFFLINE=1, or no connection)") from None
+        raise HubError(
+            f"{repo_id!r} at revision {revision or 'main'!r} is not in the local cache and the Hub "
+            "cannot be reached (offline mode, HF_HUB_OFFLINE=1, or no connection)"
+        ) from None
     except HfHubHTTPError as exc:
         if _http_status(exc) == 401:
             raise _auth_error(repo_id, api.endpoint) from None
@@ -342,8 +397,14 @@ def _pick_table(index: dict, table: str, repo_id: str) -> dict:
 
 
 def _select_fragments(entry: dict, repo_id: str, sel: dict[str, list | None]) -> list[str]:
-    names = {"model": "model", "instruction_id": "instruction", "component": "component", "layer": "layer",
-             "stimulus_set": "stimulus_set", "pooling": "pooling"}
+    names = {
+        "model": "model",
+        "instruction_id": "instruction",
+        "component": "component",
+        "layer": "layer",
+        "stimulus_set": "stimulus_set",
+        "pooling": "pooling",
+    }
     available = entry.get("available", {})
     for col, arg in names.items():
         wanted = sel.get(col)
@@ -354,9 +415,11 @@ def _select_fragments(entry: dict, repo_id: str, sel: dict[str, list | None]) ->
             raise HubError(f"{arg}: {repo_id!r} has no {col} {missing}; available: {available.get(col, [])}")
     groups = [g for g in entry["groups"] if all(sel.get(c) is None or g[c] in sel[c] for c in names)]
     if not groups:
-        raise HubError(f"selection: no (model, instruction, component, pooling, layer, stimulus set) group of "
-                       f"{repo_id!r} matches {dict((k, v) for k, v in sel.items() if v is not None)}; "
-                       f"available: {available}")
+        raise HubError(
+            f"selection: no (model, instruction, component, pooling, layer, stimulus set) group of "
+            f"{repo_id!r} matches {dict((k, v) for k, v in sel.items() if v is not None)}; "
+            f"available: {available}"
+        )
     return sorted({f for g in groups for f in g["fragments"]}, key=int)
 
 
@@ -365,9 +428,21 @@ def _cache_root(cache_dir: str | Path | None) -> Path:
 
 
 def pull(
-    repo_id: str, *, revision: str | None = None, model=None, instruction=None, layer=None, component=None,
-    stimulus_set=None, pooling=None, columns: Sequence[str] | None = None, cache_dir: str | Path | None = None,
-    token: str | None = None, table: str = "features", as_arrays: bool = False, verify: bool = True,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    model=None,
+    instruction=None,
+    layer=None,
+    component=None,
+    stimulus_set=None,
+    pooling=None,
+    columns: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+    table: str = "features",
+    as_arrays: bool = False,
+    verify: bool = True,
     endpoint: str | None = None,
 ):
     """Fetch a published table (or the selected part of it) and return it locally.
@@ -391,15 +466,37 @@ def pull(
     snap = _snapshot(repo_id, revision, [INDEX_FILE], cache_dir, token, endpoint)
     index_path = snap / INDEX_FILE
     if not index_path.exists():
-        raise HubError(f"repo_id: {repo_id!r} at {revision or 'main'!r} is not a brainalign repo (no {INDEX_FILE})")
+        raise HubError(
+            f"repo_id: {repo_id!r} at {revision or 'main'!r} is not a brainalign repo (no {INDEX_FILE})"
+        )
     commit = snap.name
-    entry = _pick_table(json.loads(index_path.read_text()), table, repo_id)
-    sel = {"model": _list(model), "instruction_id": _list(instruction), "component": _list(component),
-           "layer": _list(layer), "stimulus_set": _list(stimulus_set), "pooling": _list(pooling)}
+    raw = index_path.read_bytes()
+    blob = Path(os.path.realpath(index_path)).name  # huggingface_hub names blobs by their ETag (git sha1)
+    if verify and len(blob) == 40 and hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest() != blob:
+        raise HubError(
+            f"integrity: {INDEX_FILE} of {repo_id!r}@{commit} in the cache does not match its git hash"
+        )
+    try:
+        index = json.loads(raw)
+    except ValueError:
+        raise HubError(f"integrity: {INDEX_FILE} of {repo_id!r}@{commit} is not valid JSON") from None
+    entry = _pick_table(index, table, repo_id)
+    sel = {
+        "model": _list(model),
+        "instruction_id": _list(instruction),
+        "component": _list(component),
+        "layer": _list(layer),
+        "stimulus_set": _list(stimulus_set),
+        "pooling": _list(pooling),
+    }
     selecting = any(v is not None for v in sel.values())
     if entry["kind"] != "features" and selecting:
-        raise HubError(f"selection: selectors apply to features tables; {entry['path']} is a {entry['kind']} table")
-    frag_ids = _select_fragments(entry, repo_id, sel) if entry["kind"] == "features" else list(entry["fragments"])
+        raise HubError(
+            f"selection: selectors apply to features tables; {entry['path']} is a {entry['kind']} table"
+        )
+    frag_ids = (
+        _select_fragments(entry, repo_id, sel) if entry["kind"] == "features" else list(entry["fragments"])
+    )
     need = [entry["manifest"]]
     for fid in frag_ids:
         frag = entry["fragments"][fid]
@@ -409,13 +506,17 @@ def pull(
     snap = _snapshot(repo_id, commit, need, cache_dir, token, endpoint)
     missing = [p for p in need if not (snap / p).exists()]
     if missing:
-        raise HubError(f"{len(missing)} file(s) of {repo_id!r}@{commit} are missing after download "
-                       f"(offline with an incomplete cache?), e.g. {missing[0]}")
+        raise HubError(
+            f"{len(missing)} file(s) of {repo_id!r}@{commit} are missing after download "
+            f"(offline with an incomplete cache?), e.g. {missing[0]}"
+        )
     if verify:
         for p in need:
             expected = entry["files"].get(p)
             if expected is not None and _sha256(snap / p) != expected["sha256"]:
-                raise HubError(f"integrity: {p} of {repo_id!r}@{commit} does not match its SHA-256 in {INDEX_FILE}")
+                raise HubError(
+                    f"integrity: {p} of {repo_id!r}@{commit} does not match its SHA-256 in {INDEX_FILE}"
+                )
     uri = snap / entry["path"]
     if not selecting:
         out = open_table(uri, version=entry["version"])
@@ -425,26 +526,49 @@ def pull(
     if as_arrays:
         if not isinstance(out, FeatureStore):
             raise HubError(f"as_arrays: {entry['path']} is a {entry['kind']} table, not features")
-        return out.read(model=model, instruction=instruction, layer=layer, component=component,
-                        stimulus_set=stimulus_set, pooling=pooling, columns=columns)
+        return out.read(
+            model=model,
+            instruction=instruction,
+            layer=layer,
+            component=component,
+            stimulus_set=stimulus_set,
+            pooling=pooling,
+            columns=columns,
+        )
     return out
 
 
-def _selection_store(uri: Path, entry: dict, frag_ids: list[str], sel: dict, cache_dir, repo_id: str,
-                     commit: str) -> FeatureStore:
+def _selection_store(
+    uri: Path, entry: dict, frag_ids: list[str], sel: dict, cache_dir, repo_id: str, commit: str
+) -> FeatureStore:
     """A local table of the selected rows, built once per (commit, selection) from the cached files."""
-    digest = hashlib.sha1(json.dumps([entry["path"], sel], sort_keys=True, default=str).encode()).hexdigest()[:16]
-    dest = _cache_root(cache_dir) / repo_id.replace("/", "--") / commit / f"{Path(entry['path']).stem}-{digest}.lance"
+    digest = hashlib.sha1(json.dumps([entry["path"], sel], sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
+    dest = (
+        _cache_root(cache_dir)
+        / repo_id.replace("/", "--")
+        / commit
+        / f"{Path(entry['path']).stem}-{digest}.lance"
+    )
     if not (dest / "_versions").exists():
         ds = lance.dataset(str(uri), version=entry["version"])
-        filt = selection_filter(model=sel["model"], instruction=sel["instruction_id"], layer=sel["layer"],
-                                component=sel["component"], stimulus_set=sel["stimulus_set"], pooling=sel["pooling"])
+        filt = selection_filter(
+            model=sel["model"],
+            instruction=sel["instruction_id"],
+            layer=sel["layer"],
+            component=sel["component"],
+            stimulus_set=sel["stimulus_set"],
+            pooling=sel["pooling"],
+        )
         frags = [ds.get_fragment(int(f)) for f in frag_ids]
         reader = ds.scanner(fragments=frags, filter=filt).to_reader()
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".partial-"))
         try:
-            lance.write_dataset(reader, str(tmp / "t.lance"), schema=ds.schema, max_bytes_per_file=MAX_BYTES_PER_FILE)
+            lance.write_dataset(
+                reader, str(tmp / "t.lance"), schema=ds.schema, max_bytes_per_file=MAX_BYTES_PER_FILE
+            )
             try:
                 os.replace(tmp / "t.lance", dest)
             except OSError:  # another process built the same selection first

@@ -19,6 +19,7 @@ rerunning the shard commits it once.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -41,7 +42,15 @@ MAX_BYTES_PER_FILE = 1 << 30
 FEATURE_GROUP = ("model", "instruction_id", "component", "pooling", "layer", "stimulus_set")
 #: Key order of :meth:`FeatureStore.read`.
 FEATURE_ORDER = (
-    "stimulus_set", "model", "instruction_id", "component", "pooling", "layer", "run", "tr", "stimulus_id",
+    "stimulus_set",
+    "model",
+    "instruction_id",
+    "component",
+    "pooling",
+    "layer",
+    "run",
+    "tr",
+    "stimulus_id",
 )
 
 _SCHEMAS = {
@@ -69,7 +78,11 @@ def _float32_schema(schema: pa.Schema) -> pa.Schema:
     fields = []
     for f in schema:
         if _is_half_list(f.type):
-            t = pa.list_(pa.float32(), f.type.list_size) if pa.types.is_fixed_size_list(f.type) else pa.list_(pa.float32())
+            t = (
+                pa.list_(pa.float32(), f.type.list_size)
+                if pa.types.is_fixed_size_list(f.type)
+                else pa.list_(pa.float32())
+            )
             f = f.with_type(t)
         fields.append(f)
     return pa.schema(fields, metadata=schema.metadata)
@@ -115,7 +128,7 @@ class Float32View(lance.LanceDataset):
     converts only the batches it returns.
     """
 
-    def __init__(self, base: lance.LanceDataset):  # noqa: D107 — shares the base's handle
+    def __init__(self, base: lance.LanceDataset):
         self.__dict__.update(base.__dict__)
 
     @property
@@ -149,7 +162,11 @@ class Table:
     # ---- opening -------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, uri: str | Path, schema: pa.Schema, *, provenance: Mapping[str, Any] | None = None,
+        cls,
+        uri: str | Path,
+        schema: pa.Schema,
+        *,
+        provenance: Mapping[str, Any] | None = None,
         exist_ok: bool = False,
     ) -> Table:
         """Create an empty table with ``schema`` and ``provenance`` (JSON-able) in its metadata."""
@@ -255,11 +272,17 @@ class Table:
         return self._ds
 
     def to_reader(
-        self, columns: Sequence[str] | None = None, filter: str | None = None, *, batch_size: int | None = None,
+        self,
+        columns: Sequence[str] | None = None,
+        filter: str | None = None,
+        *,
+        batch_size: int | None = None,
     ) -> pa.RecordBatchReader:
         """Stream the selected rows and columns, float16 widened to float32."""
         kw = {"batch_size": batch_size} if batch_size else {}
-        return _widen(self._ds.scanner(columns=list(columns) if columns else None, filter=filter, **kw).to_reader())
+        return _widen(
+            self._ds.scanner(columns=list(columns) if columns else None, filter=filter, **kw).to_reader()
+        )
 
     # ---- writing -------------------------------------------------------------------------
     def _kind(self) -> str:
@@ -270,7 +293,9 @@ class Table:
         schema = self._ds.schema
         extra = set(data.column_names) - set(schema.names)
         if extra:
-            raise ValueError(f"data: columns {sorted(extra)} are not in the {self._kind()} schema {schema.names}")
+            raise ValueError(
+                f"data: columns {sorted(extra)} are not in the {self._kind()} schema {schema.names}"
+            )
         cols = []
         for field in schema:
             if field.name == "key" and "key" not in data.column_names:
@@ -285,7 +310,9 @@ class Table:
                             f"data: column {field.name!r} is {col.type}, expected {field.type}: {exc}"
                         ) from None
                 if not field.nullable and col.null_count:
-                    raise ValueError(f"data: column {field.name!r} has {col.null_count} null(s); it is required")
+                    raise ValueError(
+                        f"data: column {field.name!r} has {col.null_count} null(s); it is required"
+                    )
             elif field.nullable:
                 col = pa.nulls(len(data), field.type)
             else:
@@ -293,7 +320,8 @@ class Table:
             cols.append(col)
         if cols[schema.get_field_index("key")] is None:
             partial = pa.Table.from_arrays(
-                [c for c in cols if c is not None], names=[f.name for f, c in zip(schema, cols) if c is not None]
+                [c for c in cols if c is not None],
+                names=[f.name for f, c in zip(schema, cols, strict=True) if c is not None],
             )
             cols[schema.get_field_index("key")] = schemas.row_keys(partial, self._kind())
         out = pa.Table.from_arrays(cols, schema=schema)
@@ -316,7 +344,7 @@ class Table:
             change = ne if change is None else pc.or_(change, ne)
         starts = pc.indices_nonzero(change).to_numpy() + 1
         bounds = [0, *starts.tolist(), len(data)]
-        return [data.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [data.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
 
     def write_fragments(self, data: pa.Table, *, max_bytes_per_file: int | None = None) -> list[dict]:
         """Write ``data`` as new data files without committing them; returns their metadata.
@@ -327,11 +355,9 @@ class Table:
         data = self._conform(data)
         frags: list[dict] = []
         for group in self._groups(data) if len(data) else []:
-            written = lance.fragment.write_fragments(
-                group, self.uri, schema=self._ds.schema,
-                max_bytes_per_file=max_bytes_per_file or MAX_BYTES_PER_FILE,
-            )
-            frags += [f.to_json() for f in written]
+            frags += [
+                f.to_json() for f in _write_capped(group, self.uri, self._ds.schema, max_bytes_per_file)
+            ]
         return frags
 
     def _fragment_keys(self, frags: Sequence[FragmentMetadata]) -> pa.Array:
@@ -347,18 +373,25 @@ class Table:
                 keys.append(tbl.column("key").combine_chunks())
         return pa.concat_arrays(keys) if keys else pa.array([], pa.string())
 
-    def commit_fragments(self, fragments: Iterable[dict | FragmentMetadata], *, filter: str | None = None) -> int:
+    def commit_fragments(
+        self, fragments: Iterable[dict | FragmentMetadata], *, filter: str | None = None
+    ) -> int:
         """Make written fragments visible in one commit; rows already stored under the same keys
         are replaced in that same commit (so a rerun never duplicates). Returns the new version.
 
         ``filter`` (a SQL predicate) may narrow the search for stored rows with those keys.
         """
-        frags = [f if isinstance(f, FragmentMetadata) else FragmentMetadata.from_json(json.dumps(f)) for f in fragments]
+        frags = [
+            f if isinstance(f, FragmentMetadata) else FragmentMetadata.from_json(json.dumps(f))
+            for f in fragments
+        ]
         if not frags:
             return self.refresh().version
         new_keys = self._fragment_keys(frags)
         if len(pc.unique(new_keys)) != len(new_keys):
-            raise ValueError("fragments: the fragments to commit hold duplicate keys (a shard committed twice?)")
+            raise ValueError(
+                "fragments: the fragments to commit hold duplicate keys (a shard committed twice?)"
+            )
         ds = lance.dataset(self.uri)
         removed, updated = [], []
         if ds.count_rows():
@@ -370,7 +403,9 @@ class Table:
                 md = ds.get_fragment(int(fid)).delete_rows(offsets)
                 (removed.append(int(fid)) if md is None else updated.append(md))
         if removed or updated:
-            op = LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated, new_fragments=frags)
+            op = LanceOperation.Update(
+                removed_fragment_ids=removed, updated_fragments=updated, new_fragments=frags
+            )
         else:
             op = LanceOperation.Append(frags)
         self._ds = lance.LanceDataset.commit(self.uri, op, read_version=ds.version)
@@ -386,7 +421,10 @@ class Table:
         One commit: readers see all of the rows or none of them.
         """
         if self._pinned:
-            raise ValueError(f"this handle is a checkout of version {self.version}; refresh() to write the latest")
+            raise ValueError(
+                f"this handle is read-only (a checkout of version {self.version}, or a table pulled into "
+                "the download cache); write through Table.open(uri) at the latest version"
+            )
         data = self._conform(data)
         if len(data) == 0:
             return self._ds.version
@@ -416,9 +454,7 @@ class Table:
         for g in groups.to_pylist():
             filt = " AND ".join(f"{c} = {_quote(v)}" for c, v in g.items())
             part = ds.to_table(filter=filt).sort_by([(c, "ascending") for c in FEATURE_ORDER])
-            frags += lance.fragment.write_fragments(
-                part, self.uri, schema=ds.schema, max_bytes_per_file=max_bytes_per_file or MAX_BYTES_PER_FILE,
-            )
+            frags += _write_capped(part, self.uri, ds.schema, max_bytes_per_file)
         op = LanceOperation.Overwrite(ds.schema, frags)
         self._ds = lance.LanceDataset.commit(self.uri, op, read_version=ds.version)
         return self._ds.version
@@ -427,11 +463,19 @@ class Table:
     def to_table(self, columns: Sequence[str] | None = None, filter: str | None = None) -> pa.Table:
         return self._ds.to_table(columns=list(columns) if columns else None, filter=filter)
 
-    def key_groups(self) -> list[str]:
-        """Columns whose distinct value combinations should each hold the same number of rows."""
-        return {"features": list(FEATURE_GROUP), "generations": ["model", "instruction_id"],
-                "scores": ["fit", "subject", "model", "instruction_id", "component", "layer", "pooling", "split"],
-                "partitions": ["fit", "subject", "region"]}.get(self._kind(), [])
+    def key_groups(self) -> tuple[list[str], list[str]]:
+        """``(group, within)``: every distinct ``group`` combination should hold the same number
+        of rows as the others that share its ``within`` values (e.g. every (model, instruction,
+        layer) of a stimulus set has one row per stimulus of that set)."""
+        return {
+            "features": (list(FEATURE_GROUP), ["stimulus_set"]),
+            "generations": (["stimulus_set", "model", "instruction_id"], ["stimulus_set"]),
+            "scores": (
+                ["fit", "subject", "model", "instruction_id", "component", "layer", "pooling", "split"],
+                ["fit", "subject"],
+            ),
+            "partitions": (["fit", "subject", "region"], ["fit", "subject"]),
+        }.get(self._kind(), ([], []))
 
     def verify(self) -> dict[str, Any]:
         """Integrity report: row count, duplicate keys, nulls in required columns, provenance,
@@ -453,13 +497,31 @@ class Table:
                 nulls = self._ds.count_rows(filter=f"{field.name} IS NULL") if n else 0
                 if nulls:
                     problems.append(f"{nulls} null(s) in required column {field.name!r}")
-        group = self.key_groups()
+        group, within = self.key_groups()
         if n and group:
             t = self._ds.to_table(columns=group)
-            counts = t.group_by(group).aggregate([([], "count_all")]).column("count_all").to_pylist()
-            report["rows_per_group"] = {"groups": len(counts), "min": min(counts), "max": max(counts)}
-            if min(counts) != max(counts):
-                problems.append(f"row counts differ between ({', '.join(group)}) groups: {min(counts)}..{max(counts)}")
+            counts = t.group_by(group).aggregate([([], "count_all")])
+            per = (
+                counts.group_by(within).aggregate([("count_all", "min"), ("count_all", "max")])
+                if within
+                else (
+                    pa.table(
+                        {
+                            "count_all_min": [pc.min(counts["count_all"]).as_py()],
+                            "count_all_max": [pc.max(counts["count_all"]).as_py()],
+                        }
+                    )
+                )
+            )
+            lo, hi = per.column("count_all_min").to_pylist(), per.column("count_all_max").to_pylist()
+            report["rows_per_group"] = {"groups": len(counts), "min": min(lo), "max": max(hi)}
+            uneven = [r for r in per.to_pylist() if r["count_all_min"] != r["count_all_max"]]
+            for r in uneven:
+                where = ", ".join(f"{c}={r[c]!r}" for c in within) or "the table"
+                problems.append(
+                    f"row counts differ between ({', '.join(group)}) groups of {where}: "
+                    f"{r['count_all_min']}..{r['count_all_max']}"
+                )
         for field in self._ds.schema:
             if pa.types.is_fixed_size_list(field.type) and pa.types.is_floating(field.type.value_type) and n:
                 bad = 0
@@ -473,6 +535,22 @@ class Table:
         report["problems"] = problems
         report["ok"] = not problems
         return report
+
+
+def _write_capped(
+    data: pa.Table, uri: str, schema: pa.Schema, max_bytes: int | None
+) -> list[FragmentMetadata]:
+    """``lance.fragment.write_fragments`` with every file at most ``max_bytes`` long.
+
+    Lance counts a file's bytes as its pages are flushed, after each input batch, so a file can
+    outgrow its limit by a batch plus the pages still buffered (~0.2 MB measured): batches are
+    cut to 1/16 of the cap and Lance is asked to close files at 3/4 of it.
+    """
+    cap = int(max_bytes or MAX_BYTES_PER_FILE)
+    row_bytes = max(1, data.nbytes // max(1, len(data)))
+    rows = int(max(1, min(65536, cap // 16 // row_bytes)))
+    reader = pa.RecordBatchReader.from_batches(data.schema, data.to_batches(max_chunksize=rows))
+    return lance.fragment.write_fragments(reader, uri, schema=schema, max_bytes_per_file=int(cap * 0.75))
 
 
 def _quote(v: Any) -> str:
@@ -493,14 +571,26 @@ def _in(col: str, values) -> str | None:
 
 
 def selection_filter(
-    *, model=None, instruction=None, layer=None, component=None, stimulus_set=None, runs=None, pooling=None,
+    *,
+    model=None,
+    instruction=None,
+    layer=None,
+    component=None,
+    stimulus_set=None,
+    runs=None,
+    pooling=None,
     where: str | None = None,
 ) -> str | None:
     """The SQL predicate of a :meth:`FeatureStore.read` selection (None selects everything)."""
     preds = [
-        _in("model", model), _in("instruction_id", instruction), _in("layer", layer),
-        _in("component", component), _in("stimulus_set", stimulus_set), _in("run", runs),
-        _in("pooling", pooling), f"({where})" if where else None,
+        _in("model", model),
+        _in("instruction_id", instruction),
+        _in("layer", layer),
+        _in("component", component),
+        _in("stimulus_set", stimulus_set),
+        _in("run", runs),
+        _in("pooling", pooling),
+        f"({where})" if where else None,
     ]
     return " AND ".join(p for p in preds if p) or None
 
@@ -513,11 +603,18 @@ class FeatureStore(Table):
 
     @classmethod
     def create(
-        cls, uri: str | Path, *, dim: int, dtype: str = "float32",
-        provenance: Mapping[str, Any] | None = None, exist_ok: bool = False,
+        cls,
+        uri: str | Path,
+        *,
+        dim: int,
+        dtype: str = "float32",
+        provenance: Mapping[str, Any] | None = None,
+        exist_ok: bool = False,
     ) -> FeatureStore:
         """Create an empty features table of embedding size ``dim`` stored as ``dtype``."""
-        store = super().create(uri, schemas.features_schema(dim, dtype), provenance=provenance, exist_ok=exist_ok)
+        store = super().create(
+            uri, schemas.features_schema(dim, dtype), provenance=provenance, exist_ok=exist_ok
+        )
         if store.dim != dim:
             raise ValueError(f"dim: the existing table at {uri} has dim {store.dim}, not {dim}")
         return store  # type: ignore[return-value]
@@ -540,7 +637,9 @@ class FeatureStore(Table):
             if not np.isfinite(emb).all():
                 raise ValueError("embeddings: contains NaN or infinite values")
             value_type = self._ds.schema.field("embedding").type.value_type
-            flat = pa.array(emb.astype(np.float16 if value_type == pa.float16() else np.float32, copy=False).ravel())
+            flat = pa.array(
+                emb.astype(np.float16 if value_type == pa.float16() else np.float32, copy=False).ravel()
+            )
             if value_type == pa.float16() and not np.isfinite(flat.to_numpy()).all():
                 raise ValueError("embeddings: values overflow float16 storage (|x| > 65504)")
             table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, self.dim))
@@ -549,7 +648,10 @@ class FeatureStore(Table):
         return table
 
     def write(  # type: ignore[override]
-        self, keys: pa.Table | Mapping[str, Any], embeddings: np.ndarray | None = None, *,
+        self,
+        keys: pa.Table | Mapping[str, Any],
+        embeddings: np.ndarray | None = None,
+        *,
         max_bytes_per_file: int | None = None,
     ) -> int:
         """Write rows: ``keys`` (an Arrow table or column mapping) plus ``embeddings (n, dim)``.
@@ -559,19 +661,35 @@ class FeatureStore(Table):
         return super().write(self._with_embeddings(keys, embeddings), max_bytes_per_file=max_bytes_per_file)
 
     def write_fragments(  # type: ignore[override]
-        self, keys: pa.Table | Mapping[str, Any], embeddings: np.ndarray | None = None, *,
+        self,
+        keys: pa.Table | Mapping[str, Any],
+        embeddings: np.ndarray | None = None,
+        *,
         max_bytes_per_file: int | None = None,
     ) -> list[dict]:
         """Write a shard's rows as uncommitted data files; see :meth:`Table.commit_fragments`."""
-        return super().write_fragments(self._with_embeddings(keys, embeddings), max_bytes_per_file=max_bytes_per_file)
+        return super().write_fragments(
+            self._with_embeddings(keys, embeddings), max_bytes_per_file=max_bytes_per_file
+        )
 
     def _write_filter(self, data: pa.Table) -> str | None:
         # only stored rows of the groups being written can share a key with them
-        return " AND ".join(_in(c, pc.unique(data.column(c)).to_pylist()) for c in ("model", "instruction_id", "layer"))
+        return " AND ".join(
+            _in(c, pc.unique(data.column(c)).to_pylist()) for c in ("model", "instruction_id", "layer")
+        )
 
     def read(
-        self, *, model=None, instruction=None, layer=None, component=None, stimulus_set=None,
-        runs=None, pooling=None, columns: Sequence[str] | None = None, where: str | None = None,
+        self,
+        *,
+        model=None,
+        instruction=None,
+        layer=None,
+        component=None,
+        stimulus_set=None,
+        runs=None,
+        pooling=None,
+        columns: Sequence[str] | None = None,
+        where: str | None = None,
     ) -> tuple[pa.Table, np.ndarray]:
         """Select rows and return ``(keys, embeddings)`` in key order.
 
@@ -581,17 +699,27 @@ class FeatureStore(Table):
         stimulus_id.
         """
         filt = selection_filter(
-            model=model, instruction=instruction, layer=layer, component=component, stimulus_set=stimulus_set,
-            runs=runs, pooling=pooling, where=where,
+            model=model,
+            instruction=instruction,
+            layer=layer,
+            component=component,
+            stimulus_set=stimulus_set,
+            runs=runs,
+            pooling=pooling,
+            where=where,
         )
         key_cols = [c for c in self._ds.schema.names if c not in ("embedding", "key")]
         want = list(dict.fromkeys([*(columns or key_cols)]))
-        tbl = self._ds.to_table(columns=list(dict.fromkeys([*want, *FEATURE_ORDER, "embedding"])), filter=filt)
+        tbl = self._ds.to_table(
+            columns=list(dict.fromkeys([*want, *FEATURE_ORDER, "embedding"])), filter=filt
+        )
         if len(tbl) == 0:
             raise ValueError(f"selection: no rows match ({filt}); the table holds {self.available()}")
         order = pc.sort_indices(tbl.select(list(FEATURE_ORDER)), [(c, "ascending") for c in FEATURE_ORDER])
         emb = tbl.column("embedding").combine_chunks()
-        values = emb.values.to_numpy(zero_copy_only=False)[emb.offset * self.dim:(emb.offset + len(emb)) * self.dim]
+        values = emb.values.to_numpy(zero_copy_only=False)[
+            emb.offset * self.dim : (emb.offset + len(emb)) * self.dim
+        ]
         arr = values.reshape(len(tbl), self.dim)
         idx = order.to_numpy()
         if not np.array_equal(idx, np.arange(len(idx))):
@@ -618,7 +746,9 @@ def open_table(uri: str | Path, version: int | str | None = None) -> Table:
     return t
 
 
-def create_table(uri: str | Path, kind: str, *, provenance=None, exist_ok: bool = False, **schema_args) -> Table:
+def create_table(
+    uri: str | Path, kind: str, *, provenance=None, exist_ok: bool = False, **schema_args
+) -> Table:
     """Create a table of ``kind`` (generations, voxels, scores, partitions; responses needs
     ``n_voxels``)."""
     if kind == "responses":
