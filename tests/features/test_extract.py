@@ -156,6 +156,37 @@ def test_video_qwen25_vl_end_to_end(tiny, media, tmp_path):
     assert "<|video_pad|>" in prov["instructions"]["video.captioning"]["prompt"]
 
 
+@pytest.mark.parametrize(("family", "kind", "components"), [
+    ("instructblip", "image", ("lm", "vision", "qformer")),
+    ("internvl", "image", ("lm", "vision")),
+    ("llava-onevision", "image", ("lm", "vision")),
+    ("llava-onevision", "video", ("lm", "vision")),
+    ("llava-next-video", "video", ("lm", "vision")),
+    ("video-llava", "video", ("lm", "vision")),
+    ("instructblip-video", "video", ("lm", "qformer")),
+])
+def test_more_mllm_families(family, kind, components, tiny, media, tmp_path):
+    m = _image_manifest(media) if kind == "image" else _video_manifest(media, n_trs=2)
+    ins = ["image.captioning" if kind == "image" else "video.captioning", "none"]
+    pool = ("stimulus", "instruction", "last")
+    uri = tmp_path / "f.lance"
+    res = embed(m, tiny(family), ins, store=uri, pooling=pool, components=components, progress=False, batch_size=2,
+                max_new_tokens=2)
+    st = FeatureStore.open(uri)
+    assert st.count_rows() == expected_rows(len(m), ins, [(3, pool)])
+    for comp in components[1:]:
+        extra = FeatureStore.open(tmp_path / f"f.{comp}.lance")
+        assert extra.count_rows() == len(m) * len(ins) * len(extra.available()["layer"])
+        assert extra.available()["pooling"] == ["all"]
+    assert res.rows_written == res.plan.rows
+    if kind == "video":
+        check_tr_grid(st, len(m), 1.0)
+    # the stimulus span is the expanded media tokens: present and instruction-dependent
+    _, a = st.read(instruction=ins[0], pooling="stimulus", layer=2)
+    _, b = st.read(instruction="none", pooling="stimulus", layer=2)
+    assert np.isfinite(a).all() and not np.allclose(a, b)
+
+
 def test_audio_qwen2_audio_end_to_end(tiny, media, tmp_path):
     m = stimuli.audio_windows(media["audio"], tr=1.0, sample_rate=16000)
     uri = tmp_path / "aud.lance"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,12 +268,12 @@ def write_brain_map(
     values = np.asarray(values, np.float32)
     v = voxels.to_pydict()
     written: list[Path] = []
-    png = out_stem.with_suffix(".png")
+    png = Path(f"{out_stem}.png")  # not with_suffix: stems may hold dots (text.describe)
     if fmt == "nifti":
         vol = np.full(tuple(reference["shape"]), np.nan, np.float32)
         vol[np.array(v["i"]), np.array(v["j"]), np.array(v["k"])] = values
         img = nib.Nifti1Image(vol, np.asarray(reference["affine"]))
-        p = out_stem.with_suffix(".nii.gz")
+        p = Path(f"{out_stem}.nii.gz")
         nib.save(img, p)
         written.append(p)
         _plot_volume(vol, png, title)
@@ -322,7 +323,7 @@ def write_brain_map(
         written.append(p)
         _plot_surface(values, hemis, png, title)
     else:
-        p = out_stem.with_suffix(".npy")
+        p = Path(f"{out_stem}.npy")
         np.save(p, values)
         written.append(p)
         _plot_surface(values, np.array(["all"] * len(values), dtype=object), png, title)
@@ -498,10 +499,10 @@ def build_report(
             arr = np.full(len(vox), np.nan, np.float32)
             idx = np.asarray(vals.column("voxel").to_numpy())
             arr[idx] = np.asarray(vals.column("v").to_numpy(zero_copy_only=False), dtype=np.float32)
-            stem = out / f"map_{b['model'].split('/')[-1]}_{b['instruction_id']}_layer{b['layer']}".replace(
-                " ", "_"
-            )
-            files = write_brain_map(arr, vox, ref, stem, title=f"{b['instruction_id']} layer {b['layer']}")
+            name = f"map_{b['model'].split('/')[-1]}_{b['instruction_id']}_layer{b['layer']}"
+            stem = out / re.sub(r"[^\w.-]", "_", name)
+            title = f"{b['model']}: {b['instruction_id']}, layer {b['layer']} ({ylabel})"
+            files = write_brain_map(arr, vox, ref, stem, title=title)
             rep.maps += [f.name for f in files]
     _write_page(rep, fit, ylabel, page_format)
     return rep

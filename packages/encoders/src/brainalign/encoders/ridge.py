@@ -305,14 +305,16 @@ def _plan(
     )
     fold_chunk = int(min(n_folds, max(1, (budget // 2 - base) // max(per_fold, 1))))
     room = budget - base - fold_chunk * per_fold
-    if room < per_target:
-        need = base + per_fold + per_target
+    if room < 2 * per_target:
+        need = base + per_fold + 2 * per_target
         raise ValueError(
             f"memory_budget: {budget} bytes per device cannot hold this problem's decompositions "
-            f"({base + per_fold} bytes for {S} space(s)) plus one target ({per_target} bytes); "
+            f"({base + per_fold} bytes for {S} space(s)) plus one target in each of two batches in "
+            f"flight ({2 * per_target} bytes); "
             f"raise it to at least {need} bytes or fit fewer spaces at once"
         )
-    per_device = int(min(room // per_target, -(-n_targets // n_devices)))
+    # two batches are in flight at once (the next computes while the last is fetched)
+    per_device = int(min(room // (2 * per_target), -(-n_targets // n_devices)))
     return _Plan(fold_chunk, max(1, per_device) * n_devices, budget)
 
 
@@ -507,6 +509,8 @@ def fit_ridge_cv(
                 if n_batches == 1:  # one batch: upload Y once for every chunk and the refit
                     y_cache[b] = Yb
                 accs[b] = progs.cv_step(bases, Yb, accs[b], ti, tw, vi, vw, fw, alphas_j)
+                if b > 0:  # at most two batches in flight, as the memory plan assumes
+                    accs[b - 1].block_until_ready()
             del bases
         full = progs.full_basis(Xj)
         pending = None

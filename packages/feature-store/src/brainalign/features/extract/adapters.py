@@ -485,7 +485,9 @@ MULTIMODAL_CLASSES = {
     "qwen2_5_omni_thinker": "Qwen2_5OmniThinkerForConditionalGeneration",
 }
 
-_VISION_PATHS = ("model.visual", "visual", "model.vision_tower", "vision_tower", "model.vision_model", "vision_model")
+_VISION_PATHS = ("model.visual", "visual", "model.vision_tower", "vision_tower", "model.vision_model", "vision_model",
+                 "model.image_tower", "image_tower")
+_VIDEO_TOWER_PATHS = ("model.video_tower", "video_tower")  # Video-LLaVA has a separate video tower
 _PROJECTOR_PATHS = ("model.visual.merger", "visual.merger", "model.multi_modal_projector", "multi_modal_projector",
                     "model.language_projection", "language_projection")
 _QFORMER_PATHS = ("model.qformer", "qformer")
@@ -527,6 +529,11 @@ class MultimodalAdapter(TransformersAdapter):
         self.processor = transformers.AutoProcessor.from_pretrained(self.model_id, **self._load_kwargs)
         self.tokenizer = getattr(self.processor, "tokenizer", None) or self.processor
         self.media_ids = self._find_media_ids()
+        # markup tokens a processor inserts around media (InternVL's <img> ... </img>)
+        self.inserted_ids = {
+            int(i) for i in (getattr(self.tokenizer, "start_image_token_id", None),
+                             getattr(self.tokenizer, "end_image_token_id", None)) if isinstance(i, int)
+        }
 
     def _load_model(self):
         import transformers
@@ -570,9 +577,9 @@ class MultimodalAdapter(TransformersAdapter):
             out[comp] = (len(layers) + (emb is not None) if layers is not None else 1, None)
         return out
 
-    def _vision_modules(self) -> dict[str, tuple[Any, Any]]:
+    def _vision_modules(self, kind: str = "image") -> dict[str, tuple[Any, Any]]:
         found: dict[str, tuple[Any, Any]] = {}
-        for p in _VISION_PATHS:
+        for p in (_VIDEO_TOWER_PATHS if kind == "video" else ()) + _VISION_PATHS:
             m = _get(self.model, p)
             if m is not None and (bl := _block_list(m)) is not None:
                 found["vision"] = bl
@@ -598,7 +605,9 @@ class MultimodalAdapter(TransformersAdapter):
         if kind == ("image",):
             kw["images"] = [load_image(im) for it in items for im in it.images]
         elif kind == ("video",):
-            kw["videos"] = [load_video_clip(it) for it in items]
+            # InstructBLIP-Video's processor takes clips as ``images``
+            key = "images" if self.config.model_type == "instructblipvideo" else "videos"
+            kw[key] = [load_video_clip(it) for it in items]
         elif kind == ("audio",):
             kw["audio"] = [load_audio_window(it) for it in items]
             kw["sampling_rate"] = items[0].sample_rate
@@ -606,13 +615,17 @@ class MultimodalAdapter(TransformersAdapter):
         old = tok.padding_side
         tok.padding_side = padding_side
         try:
-            return self.processor(**kw)
+            out = self.processor(**kw)
         finally:
             tok.padding_side = old
+        for k, v in out.items():  # an empty prompt (instruction "none", no text) gives empty float ids
+            if torch.is_tensor(v) and (k.endswith("input_ids") or k.endswith("attention_mask")):
+                out[k] = v.long()
+        return out
 
     def _item_masks(self, text: str, spans, row_ids: list[int]):
         short, offsets = self._tokenize(text)
-        pos = align_expanded(short, row_ids, self.media_ids)
+        pos = align_expanded(short, row_ids, self.media_ids, self.inserted_ids)
         n = len(row_ids)
         m = {}
         for name, mask in _masks_from_offsets(offsets, spans).items():
@@ -655,7 +668,8 @@ class MultimodalAdapter(TransformersAdapter):
         model_inputs["input_ids"], model_inputs["attention_mask"] = new_ids, new_mask
         spans, fb = _stack_masks(masks, fbs, new_ids.shape[1])
 
-        wanted = {c: m for c, m in self._vision_modules().items() if c in components}
+        kind = (self._media(items[0]) or ("text",))[0]
+        wanted = {c: m for c, m in self._vision_modules(kind).items() if c in components}
         captured: dict[str, list] = {c: [] for c in wanted}
         hooks = []
 
@@ -677,7 +691,8 @@ class MultimodalAdapter(TransformersAdapter):
         finally:
             for h in hooks:
                 h.remove()
-        hidden = out.hidden_states
+        hidden = out.hidden_states if getattr(out, "hidden_states", None) is not None else getattr(
+            getattr(out, "language_model_outputs", None), "hidden_states", None)  # InstructBLIP
         if hidden is None or (isinstance(hidden, tuple) and torch.is_tensor(hidden[0]) is False):
             raise ValueError(f"{self.model_id}: the model returned no language-model hidden states")
         result = {"lm": States(hidden, spans, fb)}

@@ -127,11 +127,14 @@ def char_span_to_tokens(offsets: np.ndarray, span: tuple[int, int]) -> np.ndarra
     return (ends > starts) & (starts < b) & (ends > a)
 
 
-def align_expanded(short: Sequence[int], expanded: Sequence[int], media_ids: set[int]) -> np.ndarray:
+def align_expanded(
+    short: Sequence[int], expanded: Sequence[int], media_ids: set[int], inserted_ids: set[int] = frozenset()
+) -> np.ndarray:
     """Positions in ``expanded`` of each token of ``short`` (``(len(short),)`` int).
 
     ``expanded`` is ``short`` with each media placeholder token repeated (or media tokens
-    inserted, as InstructBLIP's processor does); every other token must match in order.
+    inserted, as InstructBLIP's processor does, and markup tokens ``inserted_ids`` around them,
+    as InternVL's ``<img>``/``</img>``); every other token must match in order.
     """
     out = np.full(len(short), -1, dtype=np.int64)
     i = j = 0
@@ -144,7 +147,7 @@ def align_expanded(short: Sequence[int], expanded: Sequence[int], media_ids: set
                     j += 1
             i += 1
             j += 1
-        elif expanded[j] in media_ids:
+        elif expanded[j] in media_ids or expanded[j] in inserted_ids:
             j += 1
         else:
             raise ValueError(
