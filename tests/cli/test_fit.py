@@ -188,3 +188,24 @@ def test_pull_offline_uncached_is_one_clear_error(tmp_path, monkeypatch):
     assert res.exit_code == 1
     assert res.stderr.strip().startswith("error: ") and "Traceback" not in res.output
     assert "not-cached" in res.stderr
+
+
+def test_ceiling_normalised_scores_and_pca(pipeline, tmp_path):
+    n_vox = pipeline["n_voxels"]
+    ceiling = np.full(n_vox, 0.5, np.float32)
+    ceiling[:5] = 0.01  # unreliable voxels: no normalised score
+    np.save(tmp_path / "ceiling.npy", ceiling)
+    res = run_cli(
+        "fit", "--root", pipeline["tables"], "--scores", tmp_path / "s.lance", "--name", "ceil",
+        "--model", "toy/tuned", "--instruction", "caption", "--layer", "1", "--test-run", "4",
+        "--pca", "3", "--ceiling", tmp_path / "ceiling.npy", "--min-ceiling", "0.05", "--json",
+    )  # fmt: skip
+    out = json.loads(res.stdout)
+    assert out["n_features"] == 3 * 4 and out["preset"]["pca"] == 3
+    s = open_table(tmp_path / "s.lance").to_table().to_pandas().sort_values("voxel")
+    assert s["r_norm"].iloc[:5].isna().all()
+    np.testing.assert_allclose(s["r_norm"].iloc[5:], s["r"].iloc[5:] / 0.5, rtol=1e-5)
+    np.testing.assert_allclose(s["ceiling"], ceiling)
+    bad = run_cli("fit", "--root", pipeline["tables"], "--scores", tmp_path / "s2.lance", "--test-run", "4",
+                  "--ceiling", tmp_path / "nope.npy", ok=False)  # fmt: skip
+    assert "ceiling: no such file" in bad.stderr

@@ -21,9 +21,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import tiny_models  # noqa: E402
+import tiny_models
 
-from brainalign.features import stimuli  # noqa: E402
+from brainalign.features import stimuli
 
 VIDEO_FPS = 10
 VIDEO_SECONDS = 4
@@ -69,11 +69,14 @@ def media(tmp_path_factory):
     return {"video": video, "audio": wav, "images": images}
 
 
-STORY = ("the old sailor walked along the grey harbour and thought about the storm that took his boat "
-         "years ago while children laughed near the market").split()
+STORY = (
+    "the old sailor walked along the grey harbour and thought about the storm that took his boat "
+    "years ago while children laughed near the market"
+).split()
 
 
 def story_manifest(n_trs: int = 5, context_words: int = 6) -> stimuli.Manifest:
     onsets = np.arange(len(STORY)) * 0.45
-    return stimuli.text_windows(STORY, onsets, tr=2.0, n_trs=n_trs, context_words=context_words, run="run-1",
-                                stimulus_set="story")
+    return stimuli.text_windows(
+        STORY, onsets, tr=2.0, n_trs=n_trs, context_words=context_words, run="run-1", stimulus_set="story"
+    )

@@ -17,9 +17,9 @@ import pytest
 from brainalign.features import FeatureStore, open_table, stimuli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared fixtures live beside this file
-from conftest_extract import media, story_manifest, tiny  # noqa: E402, F401  (session fixtures)
+import conftest_extract as cx
 
-from brainalign.features.extract import (  # noqa: E402
+from brainalign.features.extract import (
     Adapter,
     States,
     commit_shards,
@@ -35,6 +35,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:av.*"),
     pytest.mark.filterwarnings("ignore::FutureWarning:transformers.*"),
 ]
+
+# session fixtures shared with the other extraction tests
+tiny, media, story_manifest = cx.tiny, cx.media, cx.story_manifest
 
 TEXT_POOL = ("stimulus", "tr_words", "instruction", "last", "all")
 
@@ -61,8 +64,16 @@ def check_tr_grid(store: FeatureStore, n_trs: int, tr: float):
 def test_causal_lm_end_to_end(family, tiny, tmp_path):
     m = story_manifest()
     uri = tmp_path / "f.lance"
-    res = embed(m, tiny(family), ["text.describe", "none"], store=uri, pooling=TEXT_POOL, progress=False,
-                batch_size=2, model_name=family)
+    res = embed(
+        m,
+        tiny(family),
+        ["text.describe", "none"],
+        store=uri,
+        pooling=TEXT_POOL,
+        progress=False,
+        batch_size=2,
+        model_name=family,
+    )
     st = FeatureStore.open(uri)
     n = expected_rows(len(m), ["text.describe", "none"], [(3, TEXT_POOL)])
     assert res.rows_written == st.count_rows() == n == res.plan.rows
@@ -70,7 +81,7 @@ def test_causal_lm_end_to_end(family, tiny, tmp_path):
     assert st.available()["layer"] == [0, 1, 2] and st.available()["component"] == ["lm"]
     assert st.verify()["ok"]
     check_tr_grid(st, len(m), 2.0)
-    keys, X = st.read(instruction="text.describe", pooling="stimulus", layer=2)
+    _, X = st.read(instruction="text.describe", pooling="stimulus", layer=2)
     assert X.shape == (len(m), 64) and np.isfinite(X).all()
     # instruction-conditioned: the same stimulus tokens read under another instruction differ
     _, Y = st.read(instruction="none", pooling="stimulus", layer=2)
@@ -80,7 +91,9 @@ def test_causal_lm_end_to_end(family, tiny, tmp_path):
 def test_t5_encoder_and_decoder_layers(tiny, tmp_path):
     m = story_manifest()
     uri = tmp_path / "t5.lance"
-    embed(m, tiny("t5"), ["text.describe"], store=uri, pooling=("stimulus", "tr_words", "last"), progress=False)
+    embed(
+        m, tiny("t5"), ["text.describe"], store=uri, pooling=("stimulus", "tr_words", "last"), progress=False
+    )
     st = FeatureStore.open(uri)
     assert st.available()["component"] == ["decoder", "encoder"]
     assert st.count_rows() == len(m) * 2 * 3 * 3
@@ -93,8 +106,15 @@ def test_t5_encoder_and_decoder_layers(tiny, tmp_path):
 def test_t5_response_decoder_fed_generation(tiny, tmp_path):
     m = story_manifest(n_trs=2)
     uri = tmp_path / "t5r.lance"
-    res = embed(m, tiny("t5"), ["text.summarize"], store=uri, pooling=("last", "response"), max_new_tokens=3,
-                progress=False)
+    res = embed(
+        m,
+        tiny("t5"),
+        ["text.summarize"],
+        store=uri,
+        pooling=("last", "response"),
+        max_new_tokens=3,
+        progress=False,
+    )
     st = FeatureStore.open(uri)
     avail = st.available()
     assert set(avail["pooling"]) == {"last", "response"}
@@ -114,10 +134,20 @@ def test_image_mllm_end_to_end(family, tiny, media, tmp_path):
     uri = tmp_path / "img.lance"
     ins = ["image.captioning", "image.counting", "none"]
     pool = ("stimulus", "instruction", "last")
-    res = embed(m, tiny(family), ins, store=uri, pooling=pool, components=("lm", "vision", "projector"),
-                progress=False, batch_size=2)
+    res = embed(
+        m,
+        tiny(family),
+        ins,
+        store=uri,
+        pooling=pool,
+        components=("lm", "vision", "projector"),
+        progress=False,
+        batch_size=2,
+    )
     lm = FeatureStore.open(uri)
-    assert lm.count_rows() == expected_rows(len(m), ins, [(3, pool)]) == lm.count_rows(filter="component = 'lm'")
+    assert (
+        lm.count_rows() == expected_rows(len(m), ins, [(3, pool)]) == lm.count_rows(filter="component = 'lm'")
+    )
     vis = FeatureStore.open(tmp_path / "img.vision.lance")
     proj = FeatureStore.open(tmp_path / "img.projector.lance")
     assert vis.count_rows() == len(m) * len(ins) * 3 and vis.dim == 32
@@ -140,8 +170,17 @@ def test_video_qwen25_vl_end_to_end(tiny, media, tmp_path):
     uri = tmp_path / "vid.lance"
     ins = ["video.captioning", "video.emotion"]
     pool = ("stimulus", "instruction", "last", "response")
-    res = embed(m, tiny("qwen2.5-vl"), ins, store=uri, pooling=pool, components=("lm", "vision"), max_new_tokens=3,
-                progress=False, batch_size=2)
+    res = embed(
+        m,
+        tiny("qwen2.5-vl"),
+        ins,
+        store=uri,
+        pooling=pool,
+        components=("lm", "vision"),
+        max_new_tokens=3,
+        progress=False,
+        batch_size=2,
+    )
     st = FeatureStore.open(uri)
     assert st.count_rows() == len(m) * len(ins) * 3 * len(pool)
     check_tr_grid(st, len(m), 1.0)
@@ -150,28 +189,44 @@ def test_video_qwen25_vl_end_to_end(tiny, media, tmp_path):
     gens = open_table(res.generations).to_table()
     assert len(gens) == len(m) * len(ins)
     assert json.loads(gens.column("decoding")[0].as_py()) == {
-        "strategy": "greedy", "do_sample": False, "max_new_tokens": 3, "seed": 0}
+        "strategy": "greedy",
+        "do_sample": False,
+        "max_new_tokens": 3,
+        "seed": 0,
+    }
     prov = st.provenance
     assert prov["stimulus_spec"]["frames_per_clip"] == 4 and prov["stimulus_spec"]["decoder"] == "pyav"
     assert "<|video_pad|>" in prov["instructions"]["video.captioning"]["prompt"]
 
 
-@pytest.mark.parametrize(("family", "kind", "components"), [
-    ("instructblip", "image", ("lm", "vision", "qformer")),
-    ("internvl", "image", ("lm", "vision")),
-    ("llava-onevision", "image", ("lm", "vision")),
-    ("llava-onevision", "video", ("lm", "vision")),
-    ("llava-next-video", "video", ("lm", "vision")),
-    ("video-llava", "video", ("lm", "vision")),
-    ("instructblip-video", "video", ("lm", "qformer")),
-])
+@pytest.mark.parametrize(
+    ("family", "kind", "components"),
+    [
+        ("instructblip", "image", ("lm", "vision", "qformer")),
+        ("internvl", "image", ("lm", "vision")),
+        ("llava-onevision", "image", ("lm", "vision")),
+        ("llava-onevision", "video", ("lm", "vision")),
+        ("llava-next-video", "video", ("lm", "vision")),
+        ("video-llava", "video", ("lm", "vision")),
+        ("instructblip-video", "video", ("lm", "qformer")),
+    ],
+)
 def test_more_mllm_families(family, kind, components, tiny, media, tmp_path):
     m = _image_manifest(media) if kind == "image" else _video_manifest(media, n_trs=2)
     ins = ["image.captioning" if kind == "image" else "video.captioning", "none"]
     pool = ("stimulus", "instruction", "last")
     uri = tmp_path / "f.lance"
-    res = embed(m, tiny(family), ins, store=uri, pooling=pool, components=components, progress=False, batch_size=2,
-                max_new_tokens=2)
+    res = embed(
+        m,
+        tiny(family),
+        ins,
+        store=uri,
+        pooling=pool,
+        components=components,
+        progress=False,
+        batch_size=2,
+        max_new_tokens=2,
+    )
     st = FeatureStore.open(uri)
     assert st.count_rows() == expected_rows(len(m), ins, [(3, pool)])
     for comp in components[1:]:
@@ -187,24 +242,32 @@ def test_more_mllm_families(family, kind, components, tiny, media, tmp_path):
     assert np.isfinite(a).all() and not np.allclose(a, b)
 
 
-def test_audio_qwen2_audio_end_to_end(tiny, media, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2-audio", "qwen2.5-omni-thinker"])
+def test_audio_llm_end_to_end(family, tiny, media, tmp_path):
     m = stimuli.audio_windows(media["audio"], tr=1.0, sample_rate=16000)
     uri = tmp_path / "aud.lance"
     ins = ["audio.captioning", "none"]
     pool = ("stimulus", "instruction", "all")
-    embed(m, tiny("qwen2-audio"), ins, store=uri, pooling=pool, progress=False, batch_size=2)
+    embed(m, tiny(family), ins, store=uri, pooling=pool, progress=False, batch_size=2)
     st = FeatureStore.open(uri)
     assert st.count_rows() == expected_rows(len(m), ins, [(3, pool)])
     check_tr_grid(st, len(m), 1.0)
 
 
-def test_game_frames_with_actions(tiny, media, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2-vl", "internvl"])  # UI-TARS is a Qwen2-VL; InternVL3 -hf
+def test_game_frames_with_actions(family, tiny, media, tmp_path):
     frames = media["images"] * 2
-    m = stimuli.game_windows(frames, np.arange(6) * 0.5, tr=1.0, frames_per_window=2,
-                             actions=[(0.2, "LEFT"), (1.4, "FIRE")], run="run-1")
+    m = stimuli.game_windows(
+        frames,
+        np.arange(6) * 0.5,
+        tr=1.0,
+        frames_per_window=2,
+        actions=[(0.2, "LEFT"), (1.4, "FIRE")],
+        run="run-1",
+    )
     uri = tmp_path / "game.lance"
     ins = ["game.action.next-move", "game.reasoning.goal"]
-    embed(m, tiny("qwen2-vl"), ins, store=uri, pooling=("stimulus", "instruction"), progress=False)
+    embed(m, tiny(family), ins, store=uri, pooling=("stimulus", "instruction"), progress=False)
     st = FeatureStore.open(uri)
     assert st.count_rows() == len(m) * 2 * 3 * 2
     check_tr_grid(st, len(m), 1.0)
@@ -212,13 +275,24 @@ def test_game_frames_with_actions(tiny, media, tmp_path):
 
 @pytest.mark.parametrize(("family", "kind"), [("llama", "text"), ("llava", "image"), ("qwen2.5-vl", "video")])
 def test_batch_equals_single_items(family, kind, tiny, media, tmp_path):
-    m = {"text": story_manifest, "image": lambda: _image_manifest(media), "video": lambda: _video_manifest(media)}[kind]()
+    m = {
+        "text": story_manifest,
+        "image": lambda: _image_manifest(media),
+        "video": lambda: _video_manifest(media),
+    }[kind]()
     ins = ["none", "video.captioning" if kind == "video" else "image.captioning"]
     out = {}
     for bs in (1, 3):
         uri = tmp_path / f"b{bs}.lance"
-        embed(m, tiny(family), ins, store=uri, pooling=("stimulus", "instruction", "last", "all"), progress=False,
-              batch_size=bs)
+        embed(
+            m,
+            tiny(family),
+            ins,
+            store=uri,
+            pooling=("stimulus", "instruction", "last", "all"),
+            progress=False,
+            batch_size=bs,
+        )
         out[bs] = FeatureStore.open(uri).read()
     (k1, x1), (k3, x3) = out[1], out[3]
     assert k1.equals(k3)
@@ -230,10 +304,20 @@ def test_deterministic_across_runs(tiny, tmp_path):
     arrays, texts = [], []
     for run in range(2):
         uri = tmp_path / f"d{run}.lance"
-        res = embed(m, tiny("qwen2"), ["text.describe"], store=uri, pooling=("stimulus", "response"),
-                    max_new_tokens=4, progress=False, seed=7)
+        res = embed(
+            m,
+            tiny("qwen2"),
+            ["text.describe"],
+            store=uri,
+            pooling=("stimulus", "response"),
+            max_new_tokens=4,
+            progress=False,
+            seed=7,
+        )
         arrays.append(FeatureStore.open(uri).read()[1])
-        texts.append(open_table(res.generations).to_table().sort_by("stimulus_id").column("token_ids").to_pylist())
+        texts.append(
+            open_table(res.generations).to_table().sort_by("stimulus_id").column("token_ids").to_pylist()
+        )
     np.testing.assert_array_equal(arrays[0], arrays[1])
     assert texts[0] == texts[1]
 
@@ -265,15 +349,29 @@ def test_resume_after_killed_run(tiny, tmp_path):
     script.write_text(RESUME_SCRIPT)
     uri = tmp_path / "resume.lance"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    killed = subprocess.run([sys.executable, str(script), str(model), str(mpath), str(uri), "3"], env=env,
-                            capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, str(script), str(model), str(mpath), str(uri), "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = FeatureStore.open(uri).count_rows()
     total = len(m) * 2 * 3 * 2
     assert 0 < partial < total
     # rerun in this process (same code path as the CLI): resume skips the committed units
-    resumed = embed(stimuli.Manifest.load(mpath), model, ["text.describe", "none"], store=uri, batch_size=2,
-                    pooling=("stimulus", "last"), flush_rows=1, progress=False, model_name="m")
+    resumed = embed(
+        stimuli.Manifest.load(mpath),
+        model,
+        ["text.describe", "none"],
+        store=uri,
+        batch_size=2,
+        pooling=("stimulus", "last"),
+        flush_rows=1,
+        progress=False,
+        model_name="m",
+    )
     skipped, written = resumed.units_skipped, resumed.units_written
     assert skipped > 0 and skipped + written == len(m) * 2
     st = FeatureStore.open(uri)
@@ -282,11 +380,26 @@ def test_resume_after_killed_run(tiny, tmp_path):
     assert st.verify()["ok"]
     # the resumed table equals an uninterrupted run
     clean = tmp_path / "clean.lance"
-    embed(m, model, ["text.describe", "none"], store=clean, pooling=("stimulus", "last"), progress=False, model_name="m")
+    embed(
+        m,
+        model,
+        ["text.describe", "none"],
+        store=clean,
+        pooling=("stimulus", "last"),
+        progress=False,
+        model_name="m",
+    )
     np.testing.assert_allclose(st.read()[1], FeatureStore.open(clean).read()[1], atol=1e-5)
     # a third run finds everything done
-    again = embed(m, model, ["text.describe", "none"], store=uri, pooling=("stimulus", "last"), progress=False,
-                  model_name="m")
+    again = embed(
+        m,
+        model,
+        ["text.describe", "none"],
+        store=uri,
+        pooling=("stimulus", "last"),
+        progress=False,
+        model_name="m",
+    )
     assert again.units_written == 0 and again.rows_written == 0
 
 
@@ -297,14 +410,32 @@ def test_sharded_equals_unsharded(tiny, tmp_path):
     frag_files = []
     for i in range(3):
         path = tmp_path / f"shard{i}.json"
-        embed(m, model, ["text.describe"], store=uri, shard=f"{i}/3", defer_commit=True, fragments_path=path,
-              pooling=("stimulus", "tr_words"), progress=False, model_name="gpt2")
+        embed(
+            m,
+            model,
+            ["text.describe"],
+            store=uri,
+            shard=f"{i}/3",
+            defer_commit=True,
+            fragments_path=path,
+            pooling=("stimulus", "tr_words"),
+            progress=False,
+            model_name="gpt2",
+        )
         frag_files.append(path)
     # nothing visible before the one commit
     assert FeatureStore.open(uri).count_rows() == 0
     commit_shards(frag_files)
     whole = tmp_path / "whole.lance"
-    embed(m, model, ["text.describe"], store=whole, pooling=("stimulus", "tr_words"), progress=False, model_name="gpt2")
+    embed(
+        m,
+        model,
+        ["text.describe"],
+        store=whole,
+        pooling=("stimulus", "tr_words"),
+        progress=False,
+        model_name="gpt2",
+    )
     (ks, xs), (kw, xw) = FeatureStore.open(uri).read(), FeatureStore.open(whole).read()
     assert ks.equals(kw)
     np.testing.assert_allclose(xs, xw, atol=1e-5)
@@ -312,8 +443,15 @@ def test_sharded_equals_unsharded(tiny, tmp_path):
 
 def test_dry_run_shows_prompts_and_rows(tiny, tmp_path):
     m = story_manifest()
-    plan = embed(m, tiny("qwen2"), ["text.describe", "none"], store=tmp_path / "x.lance", layers=[0, -1],
-                 pooling=("stimulus", "instruction"), dry_run=True)
+    plan = embed(
+        m,
+        tiny("qwen2"),
+        ["text.describe", "none"],
+        store=tmp_path / "x.lance",
+        layers=[0, -1],
+        pooling=("stimulus", "instruction"),
+        dry_run=True,
+    )
     assert plan.rows == len(m) * 2 * (2 + 1)
     assert plan.prompts["text.describe"]["prompt"].startswith("<|im_start|>user\nDescribe what happens")
     assert "{stimulus}" in plan.prompts["none"]["prompt"]
@@ -371,11 +509,14 @@ class ConstantAdapter(Adapter):
         texts = [self.render(instruction, it).text for it in items]
         T = max(len(t) for t in texts)
         h0 = torch.zeros(len(items), T, 4)
-        spans = {k: torch.zeros(len(items), T, dtype=torch.bool) for k in ("stimulus", "instruction", "all", "last")}
+        spans = {
+            k: torch.zeros(len(items), T, dtype=torch.bool)
+            for k in ("stimulus", "instruction", "all", "last")
+        }
         for b, t in enumerate(texts):
             h0[b, : len(t), 0] = torch.tensor([float(ord(c)) for c in t])
             r = self.render(instruction, items[b]).spans
-            spans["stimulus"][b, r["stimulus"][0]: r["stimulus"][1]] = True
+            spans["stimulus"][b, r["stimulus"][0] : r["stimulus"][1]] = True
             spans["instruction"][b, : r["instruction"][1]] = True
             spans["all"][b, : len(t)] = True
             spans["last"][b, len(t) - 1] = True
@@ -394,10 +535,12 @@ def test_custom_adapter_interface(tmp_path):
 
 
 def test_feature_store_imports_without_torch():
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-            "import brainalign.features as f; from brainalign.features import instructions, stimuli\n"
-            "assert len(instructions.load_registry().family('video')) == 13\n"
-            "assert 'torch' not in [k for k, v in sys.modules.items() if v is not None]")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "import brainalign.features as f; from brainalign.features import instructions, stimuli\n"
+        "assert len(instructions.load_registry().family('video')) == 13\n"
+        "assert 'torch' not in [k for k, v in sys.modules.items() if v is not None]"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
 

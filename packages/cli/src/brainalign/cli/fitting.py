@@ -223,6 +223,8 @@ def fit_scores(
     """
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
+    if isinstance(ceiling, (str, Path)) and not Path(ceiling).exists():
+        raise ValueError(f"ceiling: no such file {ceiling}")  # before the long steps
     fs, rs = _open_inputs(features, responses)
     pre = preset if isinstance(preset, AlignmentPreset) else get_preset(preset)
     say("joining features and responses on (stimulus_set, run, tr)")

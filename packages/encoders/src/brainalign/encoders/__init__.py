@@ -24,6 +24,7 @@ from .hrf import convolve_hrf, spm_hrf
 from .partition import Partition, partition_regions, variance_partition
 from .ridge import RidgeFit, default_memory_budget, fit_ridge_cv, predict, target_batch_size
 from .scoring import pearson_r, r2_score
+from .sharding import target_mesh
 from .significance import (
     BootstrapCI,
     PermutationResult,
@@ -73,5 +74,6 @@ __all__ = [
     "spm_hrf",
     "subject_pool_ceiling",
     "target_batch_size",
+    "target_mesh",
     "variance_partition",
 ]

@@ -38,7 +38,10 @@ class Instruction:
 
     def to_dict(self) -> dict:
         return {
-            "id": self.id, "text": self.text, "family": self.family, "source": self.source,
+            "id": self.id,
+            "text": self.text,
+            "family": self.family,
+            "source": self.source,
             "paraphrase_of": self.paraphrase_of,
         }
 
@@ -55,8 +58,7 @@ class Registry:
             if ins.id == instruction_id:
                 return ins
         raise KeyError(
-            f"instruction_id: {instruction_id!r} is not in registry v{self.version}; "
-            f"known ids: {self.ids()}"
+            f"instruction_id: {instruction_id!r} is not in registry v{self.version}; known ids: {self.ids()}"
         )
 
     def __contains__(self, instruction_id: object) -> bool:
@@ -102,7 +104,10 @@ def load_registry(version: str | None = None) -> Registry:
     seen: set[str] = set()
     for entry in raw["instructions"]:
         ins = Instruction(
-            id=entry["id"], text=entry["text"], family=entry["family"], source=entry["source"],
+            id=entry["id"],
+            text=entry["text"],
+            family=entry["family"],
+            source=entry["source"],
             paraphrase_of=entry.get("paraphrase_of"),
         )
         if ins.id in seen:
@@ -119,9 +124,7 @@ def get_instruction(instruction_id: str, version: str | None = None) -> Instruct
     return load_registry(version)[instruction_id]
 
 
-def resolve_instructions(
-    instructions, version: str | None = None
-) -> list[Instruction]:
+def resolve_instructions(instructions, version: str | None = None) -> list[Instruction]:
     """Turn ids, :class:`Instruction` objects, family names (``"family:video"``) or a mapping
     ``{id: text}`` of ad-hoc instructions into a list of :class:`Instruction`."""
     reg = load_registry(version)

@@ -52,8 +52,12 @@ class Stimulus:
 
     def keys(self) -> dict[str, Any]:
         return {
-            "stimulus_id": self.stimulus_id, "run": self.run, "tr": self.tr, "onset_s": self.onset_s,
-            "window_start_s": self.window_start_s, "window_end_s": self.window_end_s,
+            "stimulus_id": self.stimulus_id,
+            "run": self.run,
+            "tr": self.tr,
+            "onset_s": self.onset_s,
+            "window_start_s": self.window_start_s,
+            "window_end_s": self.window_end_s,
         }
 
 
@@ -91,7 +95,12 @@ class Manifest:
                 raise ValueError("items: in-memory images cannot be saved; reference files instead")
             d["images"] = None if d["images"] is None else [str(i) for i in d["images"]]
             items.append(d)
-        return {"stimulus_set": self.stimulus_set, "modality": self.modality, "spec": self.spec, "items": items}
+        return {
+            "stimulus_set": self.stimulus_set,
+            "modality": self.modality,
+            "spec": self.spec,
+            "items": items,
+        }
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -121,8 +130,14 @@ def _tr_windows(n_trs: int, tr: float, window_s: float, align: str) -> list[tupl
 
 # ---- text ------------------------------------------------------------------------------------
 def text_windows(
-    words: Sequence[str], onsets: Sequence[float], *, tr: float, n_trs: int | None = None,
-    context_words: int = 20, run: str | None = None, stimulus_set: str = "text",
+    words: Sequence[str],
+    onsets: Sequence[float],
+    *,
+    tr: float,
+    n_trs: int | None = None,
+    context_words: int = 20,
+    run: str | None = None,
+    stimulus_set: str = "text",
     offsets: Sequence[float] | None = None,
 ) -> Manifest:
     """One item per TR: the words with onset in that TR plus up to ``context_words`` words of
@@ -149,21 +164,36 @@ def text_windows(
         in_tr = np.flatnonzero(word_tr == t)
         first = int(in_tr[0]) if len(in_tr) else int(np.searchsorted(onsets, t * tr))
         last = int(in_tr[-1]) + 1 if len(in_tr) else first
-        ctx = words[max(0, first - context_words):first]
+        ctx = words[max(0, first - context_words) : first]
         prefix = " ".join(ctx)
         now = " ".join(words[first:last])
         text = (prefix + " " + now).strip() if now and prefix else (prefix or now)
         start = len(text) - len(now)
-        items.append(Stimulus(
-            stimulus_id=f"{run or 'run'}-tr{t:05d}", run=run, tr=t, onset_s=t * tr,
-            window_start_s=t * tr, window_end_s=(t + 1) * tr, text=text, focus=(start, len(text)),
-        ))
-    spec = {"modality": "text", "tr_s": tr, "n_trs": n_trs, "context_words": context_words,
-            "tr_words": "words with onset in [t*tr, (t+1)*tr)"}
+        items.append(
+            Stimulus(
+                stimulus_id=f"{run or 'run'}-tr{t:05d}",
+                run=run,
+                tr=t,
+                onset_s=t * tr,
+                window_start_s=t * tr,
+                window_end_s=(t + 1) * tr,
+                text=text,
+                focus=(start, len(text)),
+            )
+        )
+    spec = {
+        "modality": "text",
+        "tr_s": tr,
+        "n_trs": n_trs,
+        "context_words": context_words,
+        "tr_words": "words with onset in [t*tr, (t+1)*tr)",
+    }
     return Manifest(stimulus_set, "text", items, spec)
 
 
-def text_items(texts: Sequence[str], *, ids: Sequence[str] | None = None, stimulus_set: str = "text") -> Manifest:
+def text_items(
+    texts: Sequence[str], *, ids: Sequence[str] | None = None, stimulus_set: str = "text"
+) -> Manifest:
     """One item per sentence or passage (trial-based text stimuli)."""
     ids = list(ids) if ids is not None else [f"s{i:05d}" for i in range(len(texts))]
     items = [Stimulus(stimulus_id=i, text=t, focus=(0, len(t))) for i, t in zip(ids, texts, strict=True)]
@@ -183,11 +213,15 @@ def concat(manifests: Sequence[Manifest], stimulus_set: str | None = None) -> Ma
 
 
 # ---- images ----------------------------------------------------------------------------------
-def image_items(images: Sequence[Any], *, ids: Sequence[str] | None = None, stimulus_set: str = "images") -> Manifest:
+def image_items(
+    images: Sequence[Any], *, ids: Sequence[str] | None = None, stimulus_set: str = "images"
+) -> Manifest:
     """One item per image (paths, ``(H, W, 3)`` uint8 arrays, or PIL images)."""
-    ids = list(ids) if ids is not None else [
-        Path(im).stem if isinstance(im, (str, Path)) else f"img{i:05d}" for i, im in enumerate(images)
-    ]
+    ids = (
+        list(ids)
+        if ids is not None
+        else [Path(im).stem if isinstance(im, (str, Path)) else f"img{i:05d}" for i, im in enumerate(images)]
+    )
     items = [Stimulus(stimulus_id=i, images=[im]) for i, im in zip(ids, images, strict=True)]
     return Manifest(stimulus_set, "image", items, {"modality": "image"})
 
@@ -216,8 +250,14 @@ def video_duration(path: str | Path) -> float:
 
 
 def video_clips(
-    path: str | Path, *, tr: float, n_trs: int | None = None, window_s: float | None = None,
-    frames_per_clip: int = 8, align: str = "end", run: str | None = None,
+    path: str | Path,
+    *,
+    tr: float,
+    n_trs: int | None = None,
+    window_s: float | None = None,
+    frames_per_clip: int = 8,
+    align: str = "end",
+    run: str | None = None,
     stimulus_set: str | None = None,
 ) -> Manifest:
     """One clip per TR of a video: ``frames_per_clip`` frames uniformly spread over a window of
@@ -235,13 +275,31 @@ def video_clips(
     for t, (a, b) in enumerate(_tr_windows(n_trs, tr, window_s, align)):
         mids = a + (np.arange(frames_per_clip) + 0.5) * (b - a) / frames_per_clip
         times = np.clip(mids, 0.0, max(duration - eps, 0.0))
-        items.append(Stimulus(
-            stimulus_id=f"{run or Path(path).stem}-tr{t:05d}", run=run, tr=t, onset_s=t * tr,
-            window_start_s=a, window_end_s=b, video=str(path), frame_times=[round(float(x), 6) for x in times],
-        ))
-    spec = {"modality": "video", "source": str(path), "tr_s": tr, "n_trs": n_trs, "window_s": window_s,
-            "stride_s": tr, "frames_per_clip": frames_per_clip, "align": align, "decoder": "pyav",
-            "frame_sampling": "midpoints of equal sub-intervals, nearest decoded frame", "duration_s": duration}
+        items.append(
+            Stimulus(
+                stimulus_id=f"{run or Path(path).stem}-tr{t:05d}",
+                run=run,
+                tr=t,
+                onset_s=t * tr,
+                window_start_s=a,
+                window_end_s=b,
+                video=str(path),
+                frame_times=[round(float(x), 6) for x in times],
+            )
+        )
+    spec = {
+        "modality": "video",
+        "source": str(path),
+        "tr_s": tr,
+        "n_trs": n_trs,
+        "window_s": window_s,
+        "stride_s": tr,
+        "frames_per_clip": frames_per_clip,
+        "align": align,
+        "decoder": "pyav",
+        "frame_sampling": "midpoints of equal sub-intervals, nearest decoded frame",
+        "duration_s": duration,
+    }
     return Manifest(stimulus_set or Path(path).stem, "video", items, spec)
 
 
@@ -287,8 +345,14 @@ def load_video_clip(item: Stimulus) -> np.ndarray:
 
 # ---- audio -----------------------------------------------------------------------------------
 def audio_windows(
-    path: str | Path, *, tr: float, n_trs: int | None = None, window_s: float | None = None,
-    align: str = "end", sample_rate: int = 16000, run: str | None = None,
+    path: str | Path,
+    *,
+    tr: float,
+    n_trs: int | None = None,
+    window_s: float | None = None,
+    align: str = "end",
+    sample_rate: int = 16000,
+    run: str | None = None,
     stimulus_set: str | None = None,
 ) -> Manifest:
     """One audio window per TR (``window_s``, default one TR), resampled to ``sample_rate`` on
@@ -301,13 +365,31 @@ def audio_windows(
     if n_trs is None:
         n_trs = int(np.floor(duration / tr))
     items = [
-        Stimulus(stimulus_id=f"{run or Path(path).stem}-tr{t:05d}", run=run, tr=t, onset_s=t * tr,
-                 window_start_s=a, window_end_s=b, audio=str(path), sample_rate=sample_rate)
+        Stimulus(
+            stimulus_id=f"{run or Path(path).stem}-tr{t:05d}",
+            run=run,
+            tr=t,
+            onset_s=t * tr,
+            window_start_s=a,
+            window_end_s=b,
+            audio=str(path),
+            sample_rate=sample_rate,
+        )
         for t, (a, b) in enumerate(_tr_windows(n_trs, tr, window_s, align))
     ]
-    spec = {"modality": "audio", "source": str(path), "tr_s": tr, "n_trs": n_trs, "window_s": window_s,
-            "stride_s": tr, "align": align, "sample_rate": sample_rate, "source_sample_rate": info.samplerate,
-            "resampling": "linear interpolation", "duration_s": duration}
+    spec = {
+        "modality": "audio",
+        "source": str(path),
+        "tr_s": tr,
+        "n_trs": n_trs,
+        "window_s": window_s,
+        "stride_s": tr,
+        "align": align,
+        "sample_rate": sample_rate,
+        "source_sample_rate": info.samplerate,
+        "resampling": "linear interpolation",
+        "duration_s": duration,
+    }
     return Manifest(stimulus_set or Path(path).stem, "audio", items, spec)
 
 
@@ -320,23 +402,32 @@ def load_audio_window(item: Stimulus) -> np.ndarray:
     info = sf.info(item.audio)
     sr = info.samplerate
     a, b = item.window_start_s, item.window_end_s
-    start, stop = int(round(a * sr)), int(round(b * sr))
+    start, stop = round(a * sr), round(b * sr)
     data, _ = sf.read(item.audio, start=max(start, 0), stop=max(stop, 0), dtype="float32", always_2d=True)
     x = data.mean(axis=1)
     x = np.concatenate([np.zeros(max(-start, 0), np.float32), x])
     x = np.pad(x, (0, max(stop - start - len(x), 0)))
     target = item.sample_rate or sr
     if target != sr:
-        n_out = int(round(len(x) * target / sr))
+        n_out = round(len(x) * target / sr)
         x = np.interp(np.arange(n_out) * sr / target, np.arange(len(x)), x).astype(np.float32)
     return x.astype(np.float32)
 
 
 # ---- game frames -----------------------------------------------------------------------------
 def game_windows(
-    frames: Sequence[Any], frame_times: Sequence[float], *, tr: float, n_trs: int | None = None,
-    window_s: float | None = None, frames_per_window: int = 4, actions: Sequence[tuple[float, str]] = (),
-    include_actions: bool = True, align: str = "end", run: str | None = None, stimulus_set: str = "game",
+    frames: Sequence[Any],
+    frame_times: Sequence[float],
+    *,
+    tr: float,
+    n_trs: int | None = None,
+    window_s: float | None = None,
+    frames_per_window: int = 4,
+    actions: Sequence[tuple[float, str]] = (),
+    include_actions: bool = True,
+    align: str = "end",
+    run: str | None = None,
+    stimulus_set: str = "game",
 ) -> Manifest:
     """One item per TR: ``frames_per_window`` game frames (paths or arrays) from a sliding
     window, plus the actions logged in that window.
@@ -351,18 +442,35 @@ def game_windows(
     if ft.shape != (len(frames),):
         raise ValueError(f"frame_times: expected shape ({len(frames)},), got {ft.shape}")
     if n_trs is None:
-        n_trs = int(np.floor(ft.max() / tr)) + 1
+        n_trs = int(ft.max() // tr) + 1
     items = []
     for t, (a, b) in enumerate(_tr_windows(n_trs, tr, window_s, align)):
         targets = a + (np.arange(frames_per_window) + 0.5) * (b - a) / frames_per_window
         idx = [int(np.clip(np.searchsorted(ft, x, side="right") - 1, 0, len(ft) - 1)) for x in targets]
         acts = [act for (at, act) in actions if a <= at < b]
         text = ("Player actions: " + (", ".join(acts) if acts else "none")) if include_actions else None
-        items.append(Stimulus(
-            stimulus_id=f"{run or 'game'}-tr{t:05d}", run=run, tr=t, onset_s=t * tr, window_start_s=a,
-            window_end_s=b, images=[frames[i] for i in idx], frame_times=[float(ft[i]) for i in idx],
-            actions=acts, text=text, focus=None if text is None else (0, len(text)),
-        ))
-    spec = {"modality": "game", "tr_s": tr, "n_trs": n_trs, "window_s": window_s,
-            "frames_per_window": frames_per_window, "align": align, "include_actions": include_actions}
+        items.append(
+            Stimulus(
+                stimulus_id=f"{run or 'game'}-tr{t:05d}",
+                run=run,
+                tr=t,
+                onset_s=t * tr,
+                window_start_s=a,
+                window_end_s=b,
+                images=[frames[i] for i in idx],
+                frame_times=[float(ft[i]) for i in idx],
+                actions=acts,
+                text=text,
+                focus=None if text is None else (0, len(text)),
+            )
+        )
+    spec = {
+        "modality": "game",
+        "tr_s": tr,
+        "n_trs": n_trs,
+        "window_s": window_s,
+        "frames_per_window": frames_per_window,
+        "align": align,
+        "include_actions": include_actions,
+    }
     return Manifest(stimulus_set, "game", items, spec)

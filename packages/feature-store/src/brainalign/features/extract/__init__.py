@@ -20,7 +20,21 @@ from .prompts import LAYOUTS, Rendered
 from .runner import EmbedPlan, EmbedResult, commit_shards, embed, existing_units, select_layers
 
 __all__ = [
-    "LAYOUTS", "POOLINGS", "Adapter", "CausalLMAdapter", "EmbedPlan", "EmbedResult", "EncoderAdapter",
-    "MultimodalAdapter", "Rendered", "Seq2SeqAdapter", "States", "TransformersAdapter", "commit_shards",
-    "embed", "existing_units", "load_adapter", "select_layers",
+    "LAYOUTS",
+    "POOLINGS",
+    "Adapter",
+    "CausalLMAdapter",
+    "EmbedPlan",
+    "EmbedResult",
+    "EncoderAdapter",
+    "MultimodalAdapter",
+    "Rendered",
+    "Seq2SeqAdapter",
+    "States",
+    "TransformersAdapter",
+    "commit_shards",
+    "embed",
+    "existing_units",
+    "load_adapter",
+    "select_layers",
 ]

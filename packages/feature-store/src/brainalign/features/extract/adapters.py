@@ -82,14 +82,25 @@ class Adapter:
     def prompt_skeleton(self, instruction: Instruction, item: Stimulus) -> str:
         """The rendered prompt with ``{stimulus}`` where the stimulus text goes (for provenance)."""
         text = "{stimulus}" if item.text is not None else None
-        return self.render(instruction, Stimulus(stimulus_id="_", text=text, focus=None,
-                                                 images=item.images, video=item.video, audio=item.audio)).text
+        return self.render(
+            instruction,
+            Stimulus(
+                stimulus_id="_", text=text, focus=None, images=item.images, video=item.video, audio=item.audio
+            ),
+        ).text
 
-    def forward(self, items: Sequence[Stimulus], instruction: Instruction, components: Sequence[str],
-                responses: Sequence[Sequence[int]] | None = None) -> dict[str, States]:
+    def forward(
+        self,
+        items: Sequence[Stimulus],
+        instruction: Instruction,
+        components: Sequence[str],
+        responses: Sequence[Sequence[int]] | None = None,
+    ) -> dict[str, States]:
         raise NotImplementedError
 
-    def generate(self, items: Sequence[Stimulus], instruction: Instruction, max_new_tokens: int) -> list[list[int]]:
+    def generate(
+        self, items: Sequence[Stimulus], instruction: Instruction, max_new_tokens: int
+    ) -> list[list[int]]:
         raise NotImplementedError(f"{type(self).__name__} does not generate responses")
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -141,9 +152,18 @@ class TransformersAdapter(Adapter):
     """Shared loading, provenance and tokenisation of transformers checkpoints."""
 
     def __init__(
-        self, model_id: str | Path, *, revision: str | None = None, device: str = "cpu", dtype: str = "float32",
-        trust_remote_code: bool = False, attn_implementation: str | None = None, device_map: Any = None,
-        use_chat_template: bool | None = None, layout: str = "instruction_first", system_prompt: str | None = None,
+        self,
+        model_id: str | Path,
+        *,
+        revision: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
+        device_map: Any = None,
+        use_chat_template: bool | None = None,
+        layout: str = "instruction_first",
+        system_prompt: str | None = None,
         allow_pickle: bool = False,
     ):
         import transformers
@@ -160,7 +180,9 @@ class TransformersAdapter(Adapter):
         self.use_chat_template = use_chat_template
         self._load_kwargs = dict(revision=revision or "main", trust_remote_code=self.trust_remote_code)
         self._model_kwargs = dict(
-            **self._load_kwargs, dtype=TORCH_DTYPES[dtype], attn_implementation=attn_implementation,
+            **self._load_kwargs,
+            dtype=TORCH_DTYPES[dtype],
+            attn_implementation=attn_implementation,
             use_safetensors=None if allow_pickle else True,
         )
         if device_map is not None:
@@ -206,8 +228,12 @@ class TransformersAdapter(Adapter):
         key = (instruction.id, bool(instruction.text), item.text is not None, media)
         if key not in self._templates:
             self._templates[key] = render_template(
-                self._chat, has_instruction=bool(instruction.text), has_text=item.text is not None, media=media,
-                layout=self.layout, system=self.system_prompt,
+                self._chat,
+                has_instruction=bool(instruction.text),
+                has_text=item.text is not None,
+                media=media,
+                layout=self.layout,
+                system=self.system_prompt,
             )
         return self._templates[key]
 
@@ -256,14 +282,24 @@ class TransformersAdapter(Adapter):
         import transformers
 
         return {
-            "model": self.model_id, "adapter": type(self).__name__, "model_type": self.config.model_type,
-            "revision_requested": self.revision, "revision": self._model_revision(), "dtype": self.dtype,
-            "device": str(self.device), "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
-            "trust_remote_code": self.trust_remote_code, "transformers": transformers.__version__,
-            "torch": torch.__version__, "python": platform.python_version(), "layout": self.layout,
-            "chat_template": bool(self._chat), "system_prompt": self.system_prompt,
-            "chat_template_sha256": sha256(str(getattr(getattr(self, "processor", None) or self.tokenizer,
-                                                       "chat_template", None) or "")),
+            "model": self.model_id,
+            "adapter": type(self).__name__,
+            "model_type": self.config.model_type,
+            "revision_requested": self.revision,
+            "revision": self._model_revision(),
+            "dtype": self.dtype,
+            "device": str(self.device),
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+            "trust_remote_code": self.trust_remote_code,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "layout": self.layout,
+            "chat_template": bool(self._chat),
+            "system_prompt": self.system_prompt,
+            "chat_template_sha256": sha256(
+                str(getattr(getattr(self, "processor", None) or self.tokenizer, "chat_template", None) or "")
+            ),
         }
 
     def _text_inputs(self, items, instruction, responses=None):
@@ -322,8 +358,14 @@ class CausalLMAdapter(TransformersAdapter):
 
     def _forward_ids(self, ids, mask):
         kw = {"logits_to_keep": 1} if hasattr(self.model, "lm_head") else {}
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         output_hidden_states=True, return_dict=True, use_cache=False, **kw)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            output_hidden_states=True,
+            return_dict=True,
+            use_cache=False,
+            **kw,
+        )
         return out.hidden_states
 
     def forward(self, items, instruction, components, responses=None):
@@ -340,11 +382,16 @@ class CausalLMAdapter(TransformersAdapter):
         ids = torch.full((len(seqs), n), self._pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, s in enumerate(seqs):  # left padding for batched decoding
-            ids[i, n - len(s):] = torch.as_tensor(s)
-            mask[i, n - len(s):] = 1
+            ids[i, n - len(s) :] = torch.as_tensor(s)
+            mask[i, n - len(s) :] = 1
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self._pad_id)
+            out = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self._pad_id,
+            )
         return [self._trim(row[n:].tolist()) for row in out]
 
 
@@ -362,8 +409,12 @@ class EncoderAdapter(CausalLMAdapter):
         return transformers.AutoModel.from_pretrained(self.model_id, **self._model_kwargs)
 
     def _forward_ids(self, ids, mask):
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         output_hidden_states=True, return_dict=True)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            output_hidden_states=True,
+            return_dict=True,
+        )
         return out.hidden_states
 
     def generate(self, items, instruction, max_new_tokens):
@@ -413,7 +464,11 @@ class Seq2SeqAdapter(TransformersAdapter):
         if component == "decoder":
             if response:
                 return ("all", "last", "response")
-            return ("stimulus", "tr_words", "all", "last") if self.decoder_input == "stimulus" else ("all", "last")
+            return (
+                ("stimulus", "tr_words", "all", "last")
+                if self.decoder_input == "stimulus"
+                else ("all", "last")
+            )
         return ("all",)
 
     def forward(self, items, instruction, components, responses=None):
@@ -442,26 +497,45 @@ class Seq2SeqAdapter(TransformersAdapter):
             m["last"][-1] = True
             dseqs.append(seq)
             dmasks.append(m)
-            dfbs.append({k: (int(np.flatnonzero(m["stimulus"])[-1]) if k == "tr_words" and m.get("stimulus", np.zeros(1)).any()
-                             else (0 if k == "response" else len(seq) - 1)) for k in [*m, "instruction", "stimulus", "tr_words"]})
+            dfbs.append(
+                {
+                    k: (
+                        int(np.flatnonzero(m["stimulus"])[-1])
+                        if k == "tr_words" and m.get("stimulus", np.zeros(1)).any()
+                        else (0 if k == "response" else len(seq) - 1)
+                    )
+                    for k in [*m, "instruction", "stimulus", "tr_words"]
+                }
+            )
         dids, dmask = _pad_right(dseqs, self._pad_id)
         dspans, dfb = _stack_masks(dmasks, dfbs, dids.shape[1])
         for name in ("instruction", "stimulus", "tr_words"):
             dspans.setdefault(name, torch.zeros_like(dmask, dtype=torch.bool))
             dfb.setdefault(name, dmask.sum(1) - 1)
         with torch.inference_mode():
-            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                             decoder_input_ids=dids.to(self.device), decoder_attention_mask=dmask.to(self.device),
-                             output_hidden_states=True, return_dict=True)
-        return {"encoder": States(out.encoder_hidden_states, spans, fb),
-                "decoder": States(out.decoder_hidden_states, dspans, dfb)}
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                decoder_input_ids=dids.to(self.device),
+                decoder_attention_mask=dmask.to(self.device),
+                output_hidden_states=True,
+                return_dict=True,
+            )
+        return {
+            "encoder": States(out.encoder_hidden_states, spans, fb),
+            "decoder": States(out.decoder_hidden_states, dspans, dfb),
+        }
 
     def generate(self, items, instruction, max_new_tokens):
         seqs, _, _ = self._text_inputs(items, instruction, None)
         ids, mask = _pad_right(seqs, self._pad_id)
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      do_sample=False, max_new_tokens=max_new_tokens)
+            out = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+            )
         return [self._trim(row[1:].tolist()) for row in out]
 
 
@@ -485,11 +559,25 @@ MULTIMODAL_CLASSES = {
     "qwen2_5_omni_thinker": "Qwen2_5OmniThinkerForConditionalGeneration",
 }
 
-_VISION_PATHS = ("model.visual", "visual", "model.vision_tower", "vision_tower", "model.vision_model", "vision_model",
-                 "model.image_tower", "image_tower")
+_VISION_PATHS = (
+    "model.visual",
+    "visual",
+    "model.vision_tower",
+    "vision_tower",
+    "model.vision_model",
+    "vision_model",
+    "model.image_tower",
+    "image_tower",
+)
 _VIDEO_TOWER_PATHS = ("model.video_tower", "video_tower")  # Video-LLaVA has a separate video tower
-_PROJECTOR_PATHS = ("model.visual.merger", "visual.merger", "model.multi_modal_projector", "multi_modal_projector",
-                    "model.language_projection", "language_projection")
+_PROJECTOR_PATHS = (
+    "model.visual.merger",
+    "visual.merger",
+    "model.multi_modal_projector",
+    "multi_modal_projector",
+    "model.language_projection",
+    "language_projection",
+)
 _QFORMER_PATHS = ("model.qformer", "qformer")
 
 
@@ -505,7 +593,11 @@ def _block_list(module) -> tuple[Any, Any] | None:
     """(embedding module, layer ModuleList) of a vision tower / Q-Former."""
     layers = None
     for name, sub in module.named_modules():
-        if isinstance(sub, torch.nn.ModuleList) and name.split(".")[-1] in ("layers", "blocks", "layer") and len(sub):
+        if (
+            isinstance(sub, torch.nn.ModuleList)
+            and name.split(".")[-1] in ("layers", "blocks", "layer")
+            and len(sub)
+        ):
             layers = sub
             break
     emb = None
@@ -531,8 +623,12 @@ class MultimodalAdapter(TransformersAdapter):
         self.media_ids = self._find_media_ids()
         # markup tokens a processor inserts around media (InternVL's <img> ... </img>)
         self.inserted_ids = {
-            int(i) for i in (getattr(self.tokenizer, "start_image_token_id", None),
-                             getattr(self.tokenizer, "end_image_token_id", None)) if isinstance(i, int)
+            int(i)
+            for i in (
+                getattr(self.tokenizer, "start_image_token_id", None),
+                getattr(self.tokenizer, "end_image_token_id", None),
+            )
+            if isinstance(i, int)
         }
 
     def _load_model(self):
@@ -550,8 +646,14 @@ class MultimodalAdapter(TransformersAdapter):
                 tid = self.tokenizer.convert_tokens_to_ids(tok)
                 if tid is not None and tid != self.tokenizer.unk_token_id:
                     ids.add(int(tid))
-        for attr in ("image_token_id", "image_token_index", "video_token_id", "video_token_index",
-                     "audio_token_id", "audio_token_index"):
+        for attr in (
+            "image_token_id",
+            "image_token_index",
+            "video_token_id",
+            "video_token_index",
+            "audio_token_id",
+            "audio_token_index",
+        ):
             v = getattr(self.config, attr, None)
             if isinstance(v, int):
                 ids.add(v)
@@ -641,8 +743,14 @@ class MultimodalAdapter(TransformersAdapter):
         inputs = self._processor_inputs(items, [r.text for r in rendered], "right")
         ids, attn = inputs["input_ids"], inputs["attention_mask"]
         seqs, masks, fbs = [], [], []
-        per_token = [k for k, v in inputs.items() if torch.is_tensor(v) and v.dim() == 2 and v.shape == ids.shape
-                     and k not in ("input_ids", "attention_mask")]
+        per_token = [
+            k
+            for k, v in inputs.items()
+            if torch.is_tensor(v)
+            and v.dim() == 2
+            and v.shape == ids.shape
+            and k not in ("input_ids", "attention_mask")
+        ]
         extra_rows: dict[str, list] = {k: [] for k in per_token}
         for b, r in enumerate(rendered):
             n = int(attn[b].sum())
@@ -662,7 +770,9 @@ class MultimodalAdapter(TransformersAdapter):
             for k in per_token:
                 extra_rows[k].append(inputs[k][b, :n].tolist() + [0] * len(resp))
         new_ids, new_mask = _pad_right(seqs, self._pad_id)
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", *per_token)}
+        model_inputs = {
+            k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", *per_token)
+        }
         for k in per_token:
             model_inputs[k] = _pad_right(extra_rows[k], 0)[0].to(inputs[k].dtype)
         model_inputs["input_ids"], model_inputs["attention_mask"] = new_ids, new_mask
@@ -679,6 +789,7 @@ class MultimodalAdapter(TransformersAdapter):
                 if hasattr(t, "pooler_output") and not torch.is_tensor(t):
                     t = t.last_hidden_state
                 captured[comp].append(t.detach())
+
             return hook
 
         for comp, (emb, layers) in wanted.items():
@@ -686,20 +797,29 @@ class MultimodalAdapter(TransformersAdapter):
             hooks += [mod.register_forward_hook(grab(comp)) for mod in mods]
         try:
             with torch.inference_mode():
-                out = self.model(**{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in model_inputs.items()},
-                                 output_hidden_states=True, return_dict=True, use_cache=False)
+                out = self.model(
+                    **{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in model_inputs.items()},
+                    output_hidden_states=True,
+                    return_dict=True,
+                    use_cache=False,
+                )
         finally:
             for h in hooks:
                 h.remove()
-        hidden = out.hidden_states if getattr(out, "hidden_states", None) is not None else getattr(
-            getattr(out, "language_model_outputs", None), "hidden_states", None)  # InstructBLIP
+        hidden = (
+            out.hidden_states
+            if getattr(out, "hidden_states", None) is not None
+            else getattr(getattr(out, "language_model_outputs", None), "hidden_states", None)
+        )  # InstructBLIP
         if hidden is None or (isinstance(hidden, tuple) and torch.is_tensor(hidden[0]) is False):
             raise ValueError(f"{self.model_id}: the model returned no language-model hidden states")
         result = {"lm": States(hidden, spans, fb)}
         for comp, states in captured.items():
             pooled = [self._pool_component(t, items, inputs, comp) for t in states]
             ones = torch.ones((len(items), 1), dtype=torch.bool)
-            result[comp] = States([p[:, None, :] for p in pooled], {"all": ones}, torch.zeros(len(items), dtype=torch.long))
+            result[comp] = States(
+                [p[:, None, :] for p in pooled], {"all": ones}, torch.zeros(len(items), dtype=torch.long)
+            )
         return result
 
     def _pool_component(self, t: torch.Tensor, items, inputs, comp: str) -> torch.Tensor:
@@ -725,8 +845,12 @@ class MultimodalAdapter(TransformersAdapter):
         inputs = self._processor_inputs(items, [r.text for r in rendered], "left")
         n = inputs["input_ids"].shape[1]
         with torch.inference_mode():
-            out = self.model.generate(**{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()},
-                                      do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self._pad_id)
+            out = self.model.generate(
+                **{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()},
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self._pad_id,
+            )
         return [self._trim(row[n:].tolist()) for row in out]
 
 
@@ -759,7 +883,10 @@ def load_adapter(model: str | Path | Adapter, **kwargs) -> Adapter:
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(
-        str(model), revision=kwargs.get("revision") or "main", trust_remote_code=bool(kwargs.get("trust_remote_code")))
+        str(model),
+        revision=kwargs.get("revision") or "main",
+        trust_remote_code=bool(kwargs.get("trust_remote_code")),
+    )
     cls = adapter_class(config)
     if cls is not Seq2SeqAdapter:
         kwargs.pop("decoder_input", None)

@@ -58,7 +58,7 @@ class Template:
             out += rest[:k]
             spans[name] = (len(out), len(out) + len(value))
             out += value
-            rest = rest[k + len(sentinel):]
+            rest = rest[k + len(sentinel) :]
         out += rest
         if "stimulus" in spans and focus is not None:
             a = spans["stimulus"][0]
@@ -76,8 +76,13 @@ class Rendered:
 
 
 def render_template(
-    apply_chat_template: Callable | None, *, has_instruction: bool, has_text: bool,
-    media: Sequence[str] = (), layout: str = "instruction_first", system: str | None = None,
+    apply_chat_template: Callable | None,
+    *,
+    has_instruction: bool,
+    has_text: bool,
+    media: Sequence[str] = (),
+    layout: str = "instruction_first",
+    system: str | None = None,
 ) -> Template:
     """Render the prompt skeleton for one instruction.
 
@@ -108,14 +113,18 @@ def render_template(
     if not media:  # text-only chat templates expect string contents
         content = "".join(c["text"] for c in content)
     if system is not None:
-        messages.append({"role": "system", "content": system if not media else [{"type": "text", "text": system}]})
+        messages.append(
+            {"role": "system", "content": system if not media else [{"type": "text", "text": system}]}
+        )
     messages.append({"role": "user", "content": content})
     text = apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if isinstance(text, list):
         text = text[0]
     for sentinel, needed in ((INS, has_instruction), (STIM, has_text)):
         if needed and text.count(sentinel) != 1:
-            raise ValueError(f"chat template: expected the {sentinel} part once in the rendered prompt, got {text!r}")
+            raise ValueError(
+                f"chat template: expected the {sentinel} part once in the rendered prompt, got {text!r}"
+            )
     return Template(text, chat=True)
 
 
@@ -143,7 +152,9 @@ def align_expanded(
         if short[i] == expanded[j]:
             out[i] = j
             if short[i] in media_ids:
-                while j + 1 < m and expanded[j + 1] == short[i] and not (i + 1 < n and short[i + 1] == short[i]):
+                while (
+                    j + 1 < m and expanded[j + 1] == short[i] and not (i + 1 < n and short[i + 1] == short[i])
+                ):
                     j += 1
             i += 1
             j += 1

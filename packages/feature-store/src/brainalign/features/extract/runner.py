@@ -56,7 +56,9 @@ class EmbedPlan:
         return self.rows - self.units_done * per_unit if self.rows_per_unit else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"rows_to_write": self.rows_to_write}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {
+            "rows_to_write": self.rows_to_write
+        }
 
 
 @dataclass
@@ -97,8 +99,13 @@ def code_version() -> str:
     except metadata.PackageNotFoundError:
         v = "unknown"
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{v}+g{sha}" if sha else v
@@ -133,14 +140,21 @@ def _done_units(uri: str, model: str, stimulus_set: str, expected: dict[str, int
     st = _open(uri)
     if st is None or st.count_rows() == 0:
         return set()
-    t = st.to_table(columns=["instruction_id", "stimulus_id", "run", "tr"],
-                    filter=f"model = {_sql_str(model)} AND stimulus_set = {_sql_str(stimulus_set)}")
+    t = st.to_table(
+        columns=["instruction_id", "stimulus_id", "run", "tr"],
+        filter=f"model = {_sql_str(model)} AND stimulus_set = {_sql_str(stimulus_set)}",
+    )
     if len(t) == 0:
         return set()
     g = t.group_by(["instruction_id", "stimulus_id", "run", "tr"]).aggregate([("stimulus_id", "count")])
     out = set()
-    for ins, sid, run, tr, n in zip(*[g.column(c).to_pylist() for c in
-                                      ("instruction_id", "stimulus_id", "run", "tr", "stimulus_id_count")], strict=True):
+    for ins, sid, run, tr, n in zip(
+        *[
+            g.column(c).to_pylist()
+            for c in ("instruction_id", "stimulus_id", "run", "tr", "stimulus_id_count")
+        ],
+        strict=True,
+    ):
         if n >= expected.get(ins, 1 << 62):
             out.add((ins, sid, run, tr))
     return out
@@ -171,8 +185,9 @@ class _Writer:
                 continue
             dim = parts[0][1].shape[1]
             if uri not in self.stores:
-                self.stores[uri] = FeatureStore.create(uri, dim=dim, dtype=self.storage_dtype,
-                                                       provenance=self.provenance, exist_ok=True)
+                self.stores[uri] = FeatureStore.create(
+                    uri, dim=dim, dtype=self.storage_dtype, provenance=self.provenance, exist_ok=True
+                )
             st = self.stores[uri]
             keys = {k: [v for p, _ in parts for v in p[k]] for k in parts[0][0]}
             emb = np.concatenate([e for _, e in parts])
@@ -185,13 +200,29 @@ class _Writer:
 
 
 def embed(
-    manifest: Manifest, model: str | Path | Adapter, instructions: Any = ("none",), *, store: Any = None,
-    layers: Any = "all", components: Sequence[str] | None = None, pooling: Sequence[str] = ("stimulus",),
-    batch_size: int = 8, max_new_tokens: int = 32, seed: int = 0, shard: tuple[int, int] | str | None = None,
-    resume: bool = True, defer_commit: bool = False, fragments_path: str | Path | None = None,
-    dry_run: bool = False, progress: bool = True, generations: str | Path | None = None,
-    storage_dtype: str = "float32", registry_version: str | None = None, model_name: str | None = None,
-    flush_rows: int = 50_000, **adapter_kwargs,
+    manifest: Manifest,
+    model: str | Path | Adapter,
+    instructions: Any = ("none",),
+    *,
+    store: Any = None,
+    layers: Any = "all",
+    components: Sequence[str] | None = None,
+    pooling: Sequence[str] = ("stimulus",),
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    shard: tuple[int, int] | str | None = None,
+    resume: bool = True,
+    defer_commit: bool = False,
+    fragments_path: str | Path | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    generations: str | Path | None = None,
+    storage_dtype: str = "float32",
+    registry_version: str | None = None,
+    model_name: str | None = None,
+    flush_rows: int = 50_000,
+    **adapter_kwargs,
 ) -> EmbedPlan | EmbedResult:
     """Embed every stimulus of ``manifest`` under every instruction and write the pooled layer
     embeddings into feature stores.
@@ -242,24 +273,39 @@ def embed(
     model_key = model_name or adapter.model_id
     respond = "response" in pooling
 
-    comps = list(components) if components is not None else list(getattr(adapter, "default_components", ("lm",)))
-    available = adapter.components() if all(c in adapter.components() for c in comps) else adapter.all_components()
+    comps = (
+        list(components) if components is not None else list(getattr(adapter, "default_components", ("lm",)))
+    )
+    available = (
+        adapter.components() if all(c in adapter.components() for c in comps) else adapter.all_components()
+    )
     missing = [c for c in comps if c not in available]
     if missing:
-        raise ValueError(f"components: {missing} not available for {adapter.model_id}; it has {sorted(available)}")
-    layer_sel = {c: select_layers(layers.get(c, "all") if isinstance(layers, Mapping) else layers, available[c][0])
-                 for c in comps}
+        raise ValueError(
+            f"components: {missing} not available for {adapter.model_id}; it has {sorted(available)}"
+        )
+    layer_sel = {
+        c: select_layers(layers.get(c, "all") if isinstance(layers, Mapping) else layers, available[c][0])
+        for c in comps
+    }
     has_focus = any(it.focus is not None for it in manifest.items[:1])
     spans_by: dict[tuple[str, str], list[str]] = {}
     for ins in ins_list:
         for c in comps:
             ok = adapter.spans_for(c, respond)
-            ps = [p for p in pooling if p in ok and not (p == "instruction" and not ins.text)
-                  and not (p == "tr_words" and not has_focus)]
+            ps = [
+                p
+                for p in pooling
+                if p in ok
+                and not (p == "instruction" and not ins.text)
+                and not (p == "tr_words" and not has_focus)
+            ]
             if c not in MAIN_COMPONENTS:
                 ps = ["all"]
             spans_by[(ins.id, c)] = ps
-    per_unit = {ins.id: sum(len(layer_sel[c]) * len(spans_by[(ins.id, c)]) for c in comps) for ins in ins_list}
+    per_unit = {
+        ins.id: sum(len(layer_sel[c]) * len(spans_by[(ins.id, c)]) for c in comps) for ins in ins_list
+    }
     uris = _component_uris(store, comps) if store is not None else {}
     first = manifest.items[0] if manifest.items else (full_manifest.items[0] if full_manifest.items else None)
     prompts = {}
@@ -267,9 +313,16 @@ def embed(
         skeleton = adapter.prompt_skeleton(ins, first) if first is not None else ""
         prompts[ins.id] = {"text": ins.text, "prompt": skeleton, "prompt_sha256": sha256(skeleton)}
     plan = EmbedPlan(
-        model=model_key, stimulus_set=manifest.stimulus_set, n_items=len(manifest), instructions=[i.id for i in ins_list],
-        components=layer_sel, poolings={f"{k[0]}/{k[1]}": v for k, v in spans_by.items()}, prompts=prompts,
-        rows=len(manifest) * sum(per_unit.values()), rows_per_unit=per_unit, units_total=len(manifest) * len(ins_list),
+        model=model_key,
+        stimulus_set=manifest.stimulus_set,
+        n_items=len(manifest),
+        instructions=[i.id for i in ins_list],
+        components=layer_sel,
+        poolings={f"{k[0]}/{k[1]}": v for k, v in spans_by.items()},
+        prompts=prompts,
+        rows=len(manifest) * sum(per_unit.values()),
+        rows_per_unit=per_unit,
+        units_total=len(manifest) * len(ins_list),
         stores=uris,
     )
     # resume: a unit is done when every component's store holds all of its rows
@@ -284,30 +337,48 @@ def embed(
             d = _done_units(uri, model_key, manifest.stimulus_set, exp)
             done = d if done is None else done & d
     done = done or set()
-    todo = {ins.id: [it for it in manifest.items if (ins.id, it.stimulus_id, it.run, it.tr) not in done]
-            for ins in ins_list}
+    todo = {
+        ins.id: [it for it in manifest.items if (ins.id, it.stimulus_id, it.run, it.tr) not in done]
+        for ins in ins_list
+    }
     plan.units_done = plan.units_total - sum(len(v) for v in todo.values())
     if dry_run:
         return plan
 
     registry = load_registry(registry_version)
-    decoding = {"strategy": "greedy", "do_sample": False, "max_new_tokens": max_new_tokens, "seed": seed} if respond else None
+    decoding = (
+        {"strategy": "greedy", "do_sample": False, "max_new_tokens": max_new_tokens, "seed": seed}
+        if respond
+        else None
+    )
     provenance = {
-        **adapter.provenance(), "model_key": model_key,
+        **adapter.provenance(),
+        "model_key": model_key,
         "instructions": {i.id: {**i.to_dict(), **prompts[i.id]} for i in ins_list},
-        "prompt_template_sha256": sha256(json.dumps({k: v["prompt"] for k, v in prompts.items()}, sort_keys=True)),
+        "prompt_template_sha256": sha256(
+            json.dumps({k: v["prompt"] for k, v in prompts.items()}, sort_keys=True)
+        ),
         "instruction_registry": {"version": registry.version, "sha256": registry.sha256},
-        "decoding": decoding, "stimulus_set": full_manifest.stimulus_set, "stimulus_spec": full_manifest.spec,
+        "decoding": decoding,
+        "stimulus_set": full_manifest.stimulus_set,
+        "stimulus_spec": full_manifest.spec,
         "components": {c: {"layers": layer_sel[c], "n_states": available[c][0]} for c in comps},
-        "poolings": list(pooling), "pooling_spans": "see brainalign.features.extract.pooling",
-        "batch_size": batch_size, "code_version": code_version(), "storage_dtype": storage_dtype,
+        "poolings": list(pooling),
+        "pooling_spans": "see brainalign.features.extract.pooling",
+        "batch_size": batch_size,
+        "code_version": code_version(),
+        "storage_dtype": storage_dtype,
     }
     writer = _Writer(uris, provenance, storage_dtype, defer_commit)
     gen_table: Table | None = None
     gen_uri = None
     if respond:
         base = uris[comps[0]]
-        gen_uri = str(generations) if generations else (base[:-6] if base.endswith(".lance") else base) + ".generations.lance"
+        gen_uri = (
+            str(generations)
+            if generations
+            else (base[:-6] if base.endswith(".lance") else base) + ".generations.lance"
+        )
         gen_table = create_table(gen_uri, "generations", provenance=provenance, exist_ok=True)
 
     n_units = sum(len(v) for v in todo.values())
@@ -316,19 +387,26 @@ def embed(
     for ins in ins_list:
         items = todo[ins.id]
         for start in range(0, len(items), batch_size):
-            batch = items[start: start + batch_size]
+            batch = items[start : start + batch_size]
             responses = None
             if respond:
                 torch.manual_seed(seed)
                 responses = adapter.generate(batch, ins, max_new_tokens)
-                gen_table.write(pa.table({
-                    "stimulus_set": [manifest.stimulus_set] * len(batch), "stimulus_id": [it.stimulus_id for it in batch],
-                    "run": pa.array([it.run for it in batch], pa.string()), "tr": pa.array([it.tr for it in batch], pa.int32()),
-                    "model": [model_key] * len(batch), "instruction_id": [ins.id] * len(batch),
-                    "text": [adapter.decode(r) for r in responses],
-                    "token_ids": pa.array([list(r) for r in responses], pa.list_(pa.int32())),
-                    "decoding": [json.dumps(decoding, sort_keys=True)] * len(batch),
-                }))
+                gen_table.write(
+                    pa.table(
+                        {
+                            "stimulus_set": [manifest.stimulus_set] * len(batch),
+                            "stimulus_id": [it.stimulus_id for it in batch],
+                            "run": pa.array([it.run for it in batch], pa.string()),
+                            "tr": pa.array([it.tr for it in batch], pa.int32()),
+                            "model": [model_key] * len(batch),
+                            "instruction_id": [ins.id] * len(batch),
+                            "text": [adapter.decode(r) for r in responses],
+                            "token_ids": pa.array([list(r) for r in responses], pa.list_(pa.int32())),
+                            "decoding": [json.dumps(decoding, sort_keys=True)] * len(batch),
+                        }
+                    )
+                )
             states = adapter.forward(batch, ins, comps, responses)
             for c in comps:
                 st = states[c]
@@ -341,16 +419,24 @@ def embed(
                     w = span_weights(mask.to(hidden.device), fb.to(hidden.device))
                     pooled = pool_layers(hidden, w).cpu().numpy()  # (layers, batch, dim)
                     L, B, _ = pooled.shape
-                    writer.add(c, {
-                        "stimulus_set": [manifest.stimulus_set] * (L * B),
-                        "stimulus_id": [it.stimulus_id for it in batch] * L, "run": [it.run for it in batch] * L,
-                        "tr": [it.tr for it in batch] * L, "onset_s": [it.onset_s for it in batch] * L,
-                        "window_start_s": [it.window_start_s for it in batch] * L,
-                        "window_end_s": [it.window_end_s for it in batch] * L,
-                        "model": [model_key] * (L * B), "instruction_id": [ins.id] * (L * B),
-                        "component": [c] * (L * B), "layer": [lay for lay in layer_sel[c] for _ in range(B)],
-                        "pooling": [p] * (L * B),
-                    }, pooled.reshape(L * B, -1))
+                    writer.add(
+                        c,
+                        {
+                            "stimulus_set": [manifest.stimulus_set] * (L * B),
+                            "stimulus_id": [it.stimulus_id for it in batch] * L,
+                            "run": [it.run for it in batch] * L,
+                            "tr": [it.tr for it in batch] * L,
+                            "onset_s": [it.onset_s for it in batch] * L,
+                            "window_start_s": [it.window_start_s for it in batch] * L,
+                            "window_end_s": [it.window_end_s for it in batch] * L,
+                            "model": [model_key] * (L * B),
+                            "instruction_id": [ins.id] * (L * B),
+                            "component": [c] * (L * B),
+                            "layer": [lay for lay in layer_sel[c] for _ in range(B)],
+                            "pooling": [p] * (L * B),
+                        },
+                        pooled.reshape(L * B, -1),
+                    )
             if writer.pending() >= flush_rows:
                 writer.flush()
             units_written += len(batch)
@@ -363,9 +449,15 @@ def embed(
         fragments = writer.fragments
         if fragments_path is not None:
             Path(fragments_path).write_text(json.dumps(fragments))
-    return EmbedResult(plan=plan, rows_written=writer.rows, units_written=units_written,
-                       units_skipped=plan.units_done, seconds=time.perf_counter() - t0, fragments=fragments,
-                       generations=gen_uri)
+    return EmbedResult(
+        plan=plan,
+        rows_written=writer.rows,
+        units_written=units_written,
+        units_skipped=plan.units_done,
+        seconds=time.perf_counter() - t0,
+        fragments=fragments,
+        generations=gen_uri,
+    )
 
 
 def commit_shards(fragments: Sequence[dict[str, list[dict]] | str | Path]) -> dict[str, int]:
@@ -400,8 +492,14 @@ def existing_units(store: str | FeatureStore, model: str, stimulus_set: str) -> 
     st = store if isinstance(store, FeatureStore) else _open(str(store))
     if st is None:
         return pa.table({"instruction_id": [], "stimulus_id": [], "run": [], "tr": []})
-    t = st.to_table(columns=["instruction_id", "stimulus_id", "run", "tr"],
-                    filter=f"model = {_sql_str(model)} AND stimulus_set = {_sql_str(stimulus_set)}")
-    return t.group_by(["instruction_id", "stimulus_id", "run", "tr"]).aggregate([]).sort_by(
-        [("instruction_id", "ascending"), ("run", "ascending"), ("tr", "ascending")]) if len(t) else t
-
+    t = st.to_table(
+        columns=["instruction_id", "stimulus_id", "run", "tr"],
+        filter=f"model = {_sql_str(model)} AND stimulus_set = {_sql_str(stimulus_set)}",
+    )
+    return (
+        t.group_by(["instruction_id", "stimulus_id", "run", "tr"])
+        .aggregate([])
+        .sort_by([("instruction_id", "ascending"), ("run", "ascending"), ("tr", "ascending")])
+        if len(t)
+        else t
+    )
