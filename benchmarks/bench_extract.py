@@ -127,11 +127,12 @@ def bench_batching(n_items: int = 96) -> dict:
 
 def main() -> None:
     torch.manual_seed(0)
+    load = os.getloadavg()[0]
     layers = bench_layers()
     batching = bench_batching()
     md = f"""## Extraction (CPU, MiniLM-L6 real weights, float32)
 
-Machine: {machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}.
+Machine: {machine()}, load average {load:.1f} at the start (a shared machine); torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}.
 Stimuli: sliding text windows (20 context words + the TR's words) under the instruction `text.describe`.
 
 | measurement | result |

@@ -452,7 +452,7 @@ def test_dry_run_shows_prompts_and_rows(tiny, tmp_path):
         pooling=("stimulus", "instruction"),
         dry_run=True,
     )
-    assert plan.rows == len(m) * 2 * (2 + 1)
+    assert plan.rows == plan.rows_to_write == len(m) * 2 * (2 + 1)
     assert plan.prompts["text.describe"]["prompt"].startswith("<|im_start|>user\nDescribe what happens")
     assert "{stimulus}" in plan.prompts["none"]["prompt"]
     assert not (tmp_path / "x.lance").exists()

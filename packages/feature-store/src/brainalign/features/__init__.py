@@ -1,6 +1,6 @@
 """brainalign.features: instruction-conditioned layer embeddings as versioned Lance tables."""
 
-from . import schemas
+from . import instructions, schemas, stimuli
 from .store import FeatureStore, Float32View, Table, create_table, open_table
 
 __all__ = [
@@ -9,10 +9,12 @@ __all__ = [
     "HubError",
     "Table",
     "create_table",
+    "instructions",
     "open_table",
     "pull",
     "push",
     "schemas",
+    "stimuli",
 ]
 
 

@@ -48,17 +48,11 @@ class EmbedPlan:
     rows_per_unit: dict[str, int]
     units_total: int
     units_done: int = 0
+    rows_to_write: int = 0
     stores: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def rows_to_write(self) -> int:
-        per_unit = sum(self.rows_per_unit.values()) // max(len(self.instructions), 1)
-        return self.rows - self.units_done * per_unit if self.rows_per_unit else 0
-
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {
-            "rows_to_write": self.rows_to_write
-        }
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 @dataclass
@@ -342,6 +336,7 @@ def embed(
         for ins in ins_list
     }
     plan.units_done = plan.units_total - sum(len(v) for v in todo.values())
+    plan.rows_to_write = sum(len(v) * per_unit[k] for k, v in todo.items())
     if dry_run:
         return plan
 
