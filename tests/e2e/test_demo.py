@@ -30,20 +30,27 @@ def demo_run(tmp_path_factory) -> dict:
 
 def test_demo_recovers_planted_layers(demo_run):
     summary = demo_run["summary"]
+    signal = summary["signal_instruction"]
     best = {(r["roi"], r["instruction_id"]): r for r in summary["best_layers"]}
     for roi, layer in summary["truth"].items():
         if layer is None:
             # the null ROI is pure noise: held-out r stays near zero
-            assert abs(best[(roi, "describe")]["best_mean_r"]) < 0.1
+            assert abs(best[(roi, signal)]["best_mean_r"]) < 0.1
         else:
-            assert best[(roi, "describe")]["best_layer"] == layer
+            assert best[(roi, signal)]["best_layer"] == layer
             # rho = 0.4 of the variance is signal: r cannot exceed sqrt(0.4) ~ 0.63 on average
-            assert 0.3 < best[(roi, "describe")]["best_mean_r"] < 0.64
+            assert 0.3 < best[(roi, signal)]["best_mean_r"] < 0.64
 
 
-def test_demo_signal_instruction_wins(demo_run):
-    by_ins = {r["instruction_id"]: r["mean_r"] for r in demo_run["summary"]["by_instruction"]}
-    assert by_ins["describe"] > by_ins["emotion"]
+def test_demo_signal_instruction_is_not_beaten(demo_run):
+    """Responses are simulated from the signal instruction's features, so no other instruction
+    may predict them better beyond sampling noise (MiniLM's stimulus-token states change only a
+    little with the instruction prefix, so the two can be close)."""
+    summary = demo_run["summary"]
+    by_ins = {r["instruction_id"]: r["mean_r"] for r in summary["by_instruction"]}
+    assert len(by_ins) >= 2
+    signal = summary["signal_instruction"]
+    assert all(by_ins[signal] >= r - 0.005 for r in by_ins.values())
 
 
 def test_demo_writes_tables_and_figure(demo_run):
@@ -61,12 +68,11 @@ def test_demo_scores_match_an_independent_computation(demo_run):
     from sklearn.linear_model import Ridge
 
     out = demo_run["out"]
-    scores = lance.dataset(str(out / "scores.lance")).to_table(
-        filter="instruction_id = 'describe' AND layer = 3"
-    ).sort_by("voxel")
-    feats = lance.dataset(str(out / "features.lance")).to_table(
-        filter="instruction_id = 'describe' AND layer = 3"
-    ).sort_by([("run", "ascending"), ("tr", "ascending")])
+    where = f"instruction_id = '{demo_run['summary']['signal_instruction']}' AND layer = 3"
+    scores = lance.dataset(str(out / "scores.lance")).to_table(filter=where).sort_by("voxel")
+    feats = lance.dataset(str(out / "features.lance")).to_table(filter=where).sort_by(
+        [("run", "ascending"), ("tr", "ascending")]
+    )
     resp = lance.dataset(str(out / "responses.lance")).to_table().sort_by([("run", "ascending"), ("tr", "ascending")])
     X = np.stack(feats.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
     Y = np.stack(resp.column("bold").to_numpy(zero_copy_only=False)).astype(np.float64)

@@ -122,7 +122,7 @@ def demo(
 
     Example: brainalign demo --out /tmp/demo
     """
-    from .demo import run_demo
+    from .demo import SIGNAL_INSTRUCTION, run_demo
 
     if as_json:
         res = run_demo(out)
@@ -136,6 +136,7 @@ def demo(
                 {
                     "out": str(res.out),
                     "truth": truth,
+                    "signal_instruction": SIGNAL_INSTRUCTION,
                     "best_layers": res.best_layers.to_pylist(),
                     "by_instruction": res.by_instruction.to_pylist(),
                     "figure": str(res.figure),
@@ -157,7 +158,7 @@ def demo(
             f"{roi} <- layer {layer}" if layer is not None else f"{roi} <- no signal"
             for roi, layer in truth.items()
         )
-        + " (under instruction 'describe')"
+        + f" (under instruction {SIGNAL_INSTRUCTION!r})"
     )
     emit(res.by_instruction, title="mean held-out r per instruction (signal ROIs)")
     console.print(f"figure: {res.figure}")
