@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .folds import block_folds, group_folds
+from .folds import resolve_cv
 from .scoring import SCORERS
 from .validation import as_float_array, check_alphas, check_folds
 
@@ -419,13 +419,7 @@ class BandedRidgeCV:
         self.batch_size = batch_size
 
     def _folds(self, n_samples: int, groups):
-        if groups is not None:
-            return group_folds(groups)
-        if self.cv is None:
-            raise ValueError("groups: cv=None needs groups (e.g. run labels) passed to fit()")
-        if isinstance(self.cv, int | np.integer):
-            return block_folds(n_samples, int(self.cv))
-        return list(self.cv)
+        return resolve_cv(self.cv, n_samples, groups)
 
     def fit(self, Xs, Y, groups=None) -> BandedRidgeCV:
         """Fit on a list of ``(n_samples, n_features_i)`` spaces and ``Y (n_samples, n_targets)``."""

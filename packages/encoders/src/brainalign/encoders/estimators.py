@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .folds import block_folds, group_folds
+from .folds import resolve_cv
 from .ridge import RidgeFit, Score, fit_ridge_cv, predict
 from .scoring import r2_score
 
@@ -50,13 +50,7 @@ class RidgeCV:
         self.mesh = mesh
 
     def _folds(self, n_samples: int, groups):
-        if groups is not None:
-            return group_folds(groups)
-        if self.cv is None:
-            raise ValueError("groups: cv=None needs groups (e.g. run labels) passed to fit()")
-        if isinstance(self.cv, int | np.integer):
-            return block_folds(n_samples, int(self.cv))
-        return list(self.cv)
+        return resolve_cv(self.cv, n_samples, groups)
 
     def fit(self, X, Y, groups=None) -> RidgeCV:
         """Fit on ``X (n_samples, n_features)`` and ``Y (n_samples, n_targets)``."""

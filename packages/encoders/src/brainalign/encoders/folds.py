@@ -54,3 +54,15 @@ def block_folds(n_samples: int, n_folds: int = 5) -> Folds:
     idx = np.arange(n_samples)
     blocks = np.array_split(idx, n_folds)
     return [(np.setdiff1d(idx, b, assume_unique=True), b) for b in blocks]
+
+
+def resolve_cv(cv, n_samples: int, groups=None) -> Folds:
+    """The folds an estimator's ``cv`` setting means: leave-one-group-out when ``groups`` are
+    given, contiguous blocks for an int, else the given ``(train_idx, val_idx)`` pairs."""
+    if groups is not None:
+        return group_folds(groups)
+    if cv is None:
+        raise ValueError("groups: cv=None needs groups (e.g. run labels) passed to fit()")
+    if isinstance(cv, int | np.integer):
+        return block_folds(n_samples, int(cv))
+    return list(cv)
