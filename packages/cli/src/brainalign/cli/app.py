@@ -767,6 +767,80 @@ def embed(
     )
 
 
+@app.command("run")
+@_user_errors
+def run_study(
+    recipe: Annotated[Path, typer.Argument(help="A study recipe (studies/*.toml).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your copy of the dataset (replaces [data] root; for several datasets, their parent)."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: runs/<study name>).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe value: KEY=VALUE, e.g. models.NAME.checkpoint=/dir."),
+    ] = None,
+    stage: Annotated[
+        list[str] | None,
+        typer.Option(help="Run only these stages (embed, ingest, fit, partition, report); repeat."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the recipe and data, print the plan, run nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Run a study recipe end to end: embed (or pull) -> ingest -> fit -> partition -> report.
+
+    The recipe and the data are checked first (missing files, unknown model or instruction ids,
+    inconsistent TR grids); every problem is listed before any heavy work starts. Reruns resume:
+    stored embeddings are skipped and refits replace their rows.
+
+    Example, the NSD study on your copy of NSD, with another model swapped in:
+
+      brainalign run studies/nsd.toml --data /data/nsd --dry-run
+
+      brainalign run studies/nsd.toml --data /data/nsd --out runs/nsd \\
+      --set models.llava-1.5-7b.checkpoint=llava-hf/llava-1.5-13b-hf
+    """
+    from .studies.recipe import load_recipe
+    from .studies.runner import open_datasets, plan_recipe, run_recipe
+
+    rec = load_recipe(recipe, overrides=set_ or [], data_root=data)
+    if dry_run:
+        with _status(as_json, "checking the recipe and data"):
+            plan = plan_recipe(rec, open_datasets(rec))
+        if as_json:
+            print(json.dumps(plan.to_dict(), default=str))
+        else:
+            console.print(plan.text(), markup=False, highlight=False)
+        return
+    out = out or Path("runs") / rec.name
+    with _status(as_json, f"running {rec.name}") as status:
+        res = run_recipe(rec, out, stages=stage, progress=_say(as_json, status))
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "out": str(res.out),
+                    "page": str(res.page) if res.page else None,
+                    "seconds": res.seconds,
+                    "tables": res.tables,
+                },
+                default=str,
+            )
+        )
+        return
+    import pyarrow as pa
+
+    for name in ("model comparison", "group comparison"):
+        rows = res.tables.get(name)
+        if rows:
+            emit(pa.Table.from_pylist(rows), title=name)
+    console.print(f"report -> {res.page}", markup=False, highlight=False)
+
+
 @store_app.command("info")
 @_user_errors
 def store_info(

@@ -1,0 +1,124 @@
+"""The recipe format and runner on a toy study (features supplied as a table, no torch)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import toy_study
+from typer.testing import CliRunner
+
+from brainalign.cli.app import app
+from brainalign.cli.studies import RecipeError, load_recipe, parse_recipe
+from brainalign.cli.studies.recipe import apply_overrides
+from brainalign.cli.studies.runner import plan_recipe, run_recipe
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    info = toy_study.build(root / "data")
+    path = root / "toy.toml"
+    path.write_text(toy_study.RECIPE.format(root=info["root"], features=info["features"]))
+    return {**info, "recipe": path, "tmp": root}
+
+
+@pytest.fixture(scope="module")
+def result(toy):
+    return run_recipe(load_recipe(toy["recipe"]), toy["tmp"] / "out")
+
+
+def test_planted_instruction_ranks_first_and_owns_the_unique_variance(result):
+    ranking = [r for r in result.tables["instruction ranking"] if r["model"] == "toy-tuned"]
+    assert ranking[0]["instruction_id"] == toy_study.PLANTED and ranking[0]["rank"] == 1
+    assert ranking[0]["best_layer"] in (1, 3)
+    models = result.tables["model comparison"]
+    assert [m["model"] for m in models] == ["toy-tuned", "toy-base"]
+    groups = {(g["roi"], g["group"]): g["score"] for g in result.tables["group comparison"]}
+    assert groups[("all", "instruction-tuned")] > groups[("all", "non-instruction-tuned")]
+    assert groups[("early", "instruction-tuned")] > groups[("null", "instruction-tuned")] + 0.1
+    parts = {
+        (p["roi"], p["region"]): p["mean_r2"]
+        for p in result.tables["partitions"]
+        if p["model"] == "toy-tuned"
+    }
+    # the partition is fitted at the planted instruction's best layer: the ROI driven by it
+    roi = {1: "early", 3: "late"}[ranking[0]["best_layer"]]
+    vqa = parts[(roi, "image_vqa")]
+    assert vqa > 0.1
+    assert vqa > parts[(roi, "image_captioning")] and vqa > parts[(roi, "image_vqa&image_captioning")]
+
+
+def test_report_page_holds_every_table_and_figure(result):
+    page = result.page.read_text()
+    for name in ("instruction ranking", "model comparison", "group comparison", "partitions"):
+        assert f"<h2>{name}</h2>" in page
+    for fig in ("layer profile per ROI", "toy-base vs toy-tuned", "partition toy-tuned"):
+        assert fig in page
+    for src in [s.split("'")[0] for s in page.split("<img src='")[1:]]:
+        assert (result.out / src).exists(), src
+    plan = json.loads((result.out / "plan.json").read_text())
+    assert plan["plan"]["fits"][0]["subjects"] == ["sub-01", "sub-02"]
+
+
+def test_rerun_replaces_rows_instead_of_adding(result, toy):
+    from brainalign.features import open_table
+
+    scores = result.contexts["toy"].tables["scores"]
+    n = open_table(scores).count_rows()
+    run_recipe(load_recipe(toy["recipe"]), toy["tmp"] / "out", stages=["fit", "report"])
+    assert open_table(scores).count_rows() == n
+
+
+def test_overrides_swap_one_line(toy):
+    rec = load_recipe(toy["recipe"], overrides=["models.toy-base.group=baseline", "fit.alphas=[1, 10]"])
+    assert rec.model("toy-base").group == "baseline" and rec.fit["alphas"] == [1, 10]
+    with pytest.raises(RecipeError, match="matches no entry"):
+        load_recipe(toy["recipe"], overrides=["models.nope.group=x"])
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=true"]) == {"a": {"b": 1, "c": True}}
+
+
+def test_every_problem_is_listed_before_work(toy, tmp_path):
+    raw = {
+        "study": {"name": "bad name!"},
+        "data": {"dataset": "nope", "root": str(tmp_path)},
+        "models": [{"name": "m", "source": "embed"}, {"name": "m", "source": "table", "table": "x.lance"}],
+        "fit": {"alphas": [0, 1], "preset": "huth", "bogus": 1},
+        "partitions": [{"name": "p", "model": "zzz"}],
+    }
+    with pytest.raises(RecipeError) as exc:
+        parse_recipe(raw)
+    msg = str(exc.value)
+    for part in (
+        "study.name",
+        "models[0] (m).checkpoint",
+        "models[0] (m).modality",
+        "models: names must be unique",
+        "fit.alphas",
+        "fit: unknown key(s) ['bogus']",
+        "partitions[0]: give either",
+        "partitions[0].model",
+    ):
+        assert part in msg, part
+    rec = load_recipe(toy["recipe"], data_root=tmp_path / "missing")
+    with pytest.raises(RecipeError, match="no such directory"):
+        plan_recipe(rec)
+    rec = load_recipe(toy["recipe"], overrides=["models.toy-tuned.instructions=['image.nope']"])
+    with pytest.raises(RecipeError, match=r"image\.nope"):
+        plan_recipe(rec)
+
+
+def test_env_variables_expand(toy, monkeypatch):
+    monkeypatch.setenv("TOY_ROOT", "/somewhere/else")
+    assert str(load_recipe(toy["recipe"]).data[0].root) == "/somewhere/else"
+
+
+def test_command_dry_run_and_errors(toy):
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", str(toy["recipe"]), "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output)
+    assert [f["model"] for f in plan["fits"]] == ["toy-tuned", "toy-base"]
+    assert plan["partitions"][0]["selections"] == ["image_vqa", "image_captioning"]
+    res = runner.invoke(app, ["run", str(toy["recipe"]), "--dry-run", "--set", "fit.preset=nope"])
+    assert res.exit_code == 1 and "preset" in res.output and "Traceback" not in res.output
