@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -16,10 +17,13 @@ os.environ.setdefault("LANCE_LOG", "error")  # keep Lance's Rust logger quiet on
 import typer
 
 from .output import FORMATS, console, emit, err_console
+from .progress import Bars, bars_enabled
 
 app = typer.Typer(
     name="brainalign",
     help="Instruction-conditioned model features vs fMRI: join by keys, fit encoders, query scores.",
+    epilog="Progress bars go to stderr when it is a terminal; BRAINALIGN_PROGRESS=1 forces them, "
+    "BRAINALIGN_PROGRESS=0 turns them off. --json output is never mixed with them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -85,13 +89,12 @@ def _project(root: Path | None = None):
 
 
 def _say(as_json: bool, status):
-    if as_json:
-        return None
-    return lambda m: (err_console.log(m), status.update(m))
+    """The ``progress`` argument for a library call: the bars of ``status``, or None with --json."""
+    return None if as_json else status
 
 
 class _Quiet:
-    """A stand-in for ``console.status`` when printing JSON."""
+    """A stand-in for :class:`Bars` when printing JSON: stderr stays silent too."""
 
     def __enter__(self):
         return self
@@ -99,12 +102,49 @@ class _Quiet:
     def __exit__(self, *exc):
         return False
 
+    def __call__(self, _m):
+        pass
+
     def update(self, _m):
         pass
 
 
 def _status(as_json: bool, msg: str):
-    return _Quiet() if as_json else err_console.status(msg)
+    """Progress on stderr while a long step runs: a status line with the latest message and bars
+    with count, rate and ETA where the step has a count (:mod:`brainalign.cli.progress`)."""
+    return _Quiet() if as_json else Bars(msg)
+
+
+def _show_bars(as_json: bool) -> bool:
+    return not as_json and bars_enabled()
+
+
+@contextlib.contextmanager
+def _library_bars(show: bool, *, transformers: bool = False):
+    """``huggingface_hub`` (files, bytes) and ``transformers`` (weights) draw their own tqdm bars
+    with rate and ETA on stderr; unless ``show``, they are switched off (with --json, where stderr
+    is not a terminal, or under brainalign's own bars) and restored afterwards."""
+    if show:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    restore = []
+    if not are_progress_bars_disabled():
+        disable_progress_bars()
+        restore.append(enable_progress_bars)
+    if transformers:
+        from transformers.utils import logging as tf_logging
+
+        if tf_logging.is_progress_bar_enabled():
+            tf_logging.disable_progress_bar()
+            if restore:  # enabling transformers' bars enables huggingface_hub's: only if they were on
+                restore.append(tf_logging.enable_progress_bar)
+    try:
+        yield
+    finally:
+        for fn in reversed(restore):
+            fn()
 
 
 @app.command()
@@ -127,8 +167,8 @@ def demo(
     if as_json:
         res = run_demo(out)
     else:
-        with console.status("running the demo") as status:
-            res = run_demo(out, say=lambda m: (console.log(m), status.update(m)))
+        with _status(as_json, "demo") as bars:
+            res = run_demo(out, say=bars)
     truth = {k: v for k, v in res.truth.items()}
     if as_json:
         print(
@@ -305,7 +345,7 @@ def fit(
         proj.default("fit", "preset", preset, "fir4"),
         **_preset_overrides(delays, trim_start, trim_end, pca, lanczos_window, zscore),
     )
-    with _status(as_json, "fitting") as status:
+    with _status(as_json, "fit") as status:
         summary = fit_scores(
             proj.table("features", features),
             proj.table("responses", responses),
@@ -388,7 +428,7 @@ def partition(
     sel = dict(parse_selection(s) for s in space)
     if len(sel) != len(space):
         raise ValueError("space: selection names must be distinct")
-    with _status(as_json, "partitioning") as status:
+    with _status(as_json, "partition") as status:
         summary = partition_variance(
             proj.table("features", features),
             proj.table("responses", responses),
@@ -454,7 +494,7 @@ def report(
     from .report import build_report
 
     proj = _project(root)
-    with _status(as_json, "building the report") as status:
+    with _status(as_json, "report") as status:
         rep = build_report(
             proj.root,
             fit_name,
@@ -561,7 +601,7 @@ def responses_ingest(
         else explicit_runs(bold or [], run)
     )
     proj = _project(root)
-    with _status(as_json, "ingesting") as status:
+    with _status(as_json, "ingest") as status:
         summary = ingest_responses(
             inputs,
             responses=proj.table("responses", responses),
@@ -624,12 +664,20 @@ def push(
 
       brainalign push study/features.lance me/movie10-qwen25vl --tag v1
     """
+    from huggingface_hub import get_token
+
     from brainalign.features import push as hub_push
 
-    with _status(as_json, f"pushing {table} to {repo_id}"):
-        res = hub_push(
-            _open(table), repo_id, tag=tag, private=private, path_in_repo=path_in_repo, license=license
+    store = _open(table)
+    if not get_token():
+        raise ValueError(
+            f"token: pushing to {repo_id} needs a Hugging Face token with write access; "
+            "set HF_TOKEN or run `hf auth login`"
         )
+    if _show_bars(as_json):  # huggingface_hub's bars follow
+        err_console.log(f"pushing {table} to {repo_id}", markup=False, highlight=False)
+    with _library_bars(_show_bars(as_json)):
+        res = hub_push(store, repo_id, tag=tag, private=private, path_in_repo=path_in_repo, license=license)
     if as_json:
         print(json.dumps(res, default=str))
         return
@@ -664,7 +712,9 @@ def pull(
     """
     from brainalign.features import pull as hub_pull
 
-    with _status(as_json, f"pulling {repo_id}"):
+    if _show_bars(as_json):  # huggingface_hub's bars follow
+        err_console.log(f"pulling {repo_id} at {revision or 'main'}", markup=False, highlight=False)
+    with _library_bars(_show_bars(as_json)):
         t = hub_pull(
             repo_id,
             revision=revision,
@@ -739,19 +789,20 @@ def embed(
     if layers != "all":
         sel = [float(x) if "." in x else int(x) for x in layers.split(",") if x.strip()]
     proj = _project(root)
-    res = run_embed(
-        Manifest.load(manifest),
-        model,
-        instruction or ["none"],
-        store=str(proj.table("features", store)),
-        layers=sel,
-        pooling=tuple(pooling or ["stimulus"]),
-        batch_size=batch_size,
-        shard=shard,
-        model_name=model_name,
-        dry_run=dry_run,
-        progress=not as_json,
-    )
+    with _library_bars(_show_bars(as_json), transformers=True):
+        res = run_embed(
+            Manifest.load(manifest),
+            model,
+            instruction or ["none"],
+            store=str(proj.table("features", store)),
+            layers=sel,
+            pooling=tuple(pooling or ["stimulus"]),
+            batch_size=batch_size,
+            shard=shard,
+            model_name=model_name,
+            dry_run=dry_run,
+            progress=_show_bars(as_json),  # tqdm: stimuli, rate and ETA on stderr
+        )
     out = asdict(res) if hasattr(res, "__dataclass_fields__") else {"result": str(res)}
     if as_json:
         print(json.dumps(out, default=str))
@@ -817,7 +868,8 @@ def run_study(
             console.print(plan.text(), markup=False, highlight=False)
         return
     out = out or Path("runs") / rec.name
-    with _status(as_json, f"running {rec.name}") as status:
+    # brainalign's bars show the stages; huggingface_hub's would cut through them
+    with _status(as_json, f"running {rec.name}") as status, _library_bars(False):
         res = run_recipe(rec, out, stages=stage, progress=_say(as_json, status))
     if as_json:
         print(
@@ -924,3 +976,7 @@ def main() -> None:
 
         err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True, highlight=False)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ per voxel, and scores on held-out test runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from brainalign.features import FeatureStore, Table, create_table, open_table
 
 from .align import AlignmentPreset, get_preset, keep_mask, pca_train, prepare_design, zscore_by_run
 from .join import join_features_responses
+from .progress import tick
 
 DEFAULT_ALPHAS = tuple(np.logspace(-1, 5, 13).tolist())
 
@@ -217,17 +219,19 @@ def fit_scores(
     weights : optional ``.npz`` path for the fitted weights: ``coef (n_spaces, n_features,
         n_voxels)`` (features ordered delay-major: block ``k`` holds delay ``delays[k]``),
         ``intercept``, ``best_alpha``, ``delays`` and ``spaces`` (JSON).
+    progress : called with a message per stage (join, align, fit, write); a
+        :class:`brainalign.cli.progress.Progress` also gets the stage count.
 
     Every selected (model, instruction, component, layer, pooling) space is fitted in one
     batched :func:`brainalign.encoders.fit_ridge_cv` call.
     """
-    say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     if isinstance(ceiling, (str, Path)) and not Path(ceiling).exists():
         raise ValueError(f"ceiling: no such file {ceiling}")  # before the long steps
     fs, rs = _open_inputs(features, responses)
     pre = preset if isinstance(preset, AlignmentPreset) else get_preset(preset)
-    say("joining features and responses on (stimulus_set, run, tr)")
+    stage = functools.partial(tick, progress, "fit", total=4, unit="stage")
+    stage(0, message="joining features and responses on (stimulus_set, run, tr)")
     j = join_features_responses(
         fs,
         rs,
@@ -245,9 +249,10 @@ def fit_scores(
     train_runs, test_runs = split_runs(all_runs, test_runs)
     t_join = time.perf_counter()
 
-    say(
-        f"aligning with preset {pre.name!r} (delays {list(pre.delays)}, pca {pre.pca}, "
-        f"trim {pre.trim_start}/{pre.trim_end})"
+    stage(
+        1,
+        message=f"aligning with preset {pre.name!r} (delays {list(pre.delays)}, pca {pre.pca}, "
+        f"trim {pre.trim_start}/{pre.trim_end})",
     )
     keep = keep_mask(j.runs, pre.trim_start, pre.trim_end)
     is_test = np.isin(j.runs, test_runs)
@@ -261,8 +266,10 @@ def fit_scores(
     t_align = time.perf_counter()
 
     device = device_description()
-    say(
-        f"fitting {Xtr.shape[0]} feature space(s) x {Xtr.shape[2]} features x {Y.shape[1]:,} voxels on {device}"
+    stage(
+        2,
+        message=f"fitting {Xtr.shape[0]} feature space(s) x {Xtr.shape[2]} features x {Y.shape[1]:,} voxels "
+        f"on {device}",
     )
     fit = fit_ridge_cv(Xtr, Ytr, alphas=alphas, folds=fold_idx)
     pred = predict(fit, Xte)  # (n_spaces, n_test, n_voxels)
@@ -285,7 +292,7 @@ def fit_scores(
         normalize(r, ceil, min_ceiling=min_ceiling) if np.isfinite(ceil).any() else np.full_like(r, np.nan)
     )
     table = scores_table(fit_name, j.dataset, j.subject, j.spaces, r, r2, fit.best_alpha, ceil, r_norm)
-    say(f"writing {len(table):,} score rows")
+    stage(3, message=f"writing {len(table):,} score rows")
     provenance = {
         "fit": fit_name,
         "features": str(fs.uri),
@@ -302,6 +309,7 @@ def fit_scores(
     st = create_table(scores, "scores", provenance=provenance, exist_ok=True)
     version = st.write(table)
     t_write = time.perf_counter()
+    stage(4)
     return FitSummary(
         fit=fit_name,
         subject=j.subject,

@@ -40,6 +40,8 @@ import pyarrow as pa
 
 from brainalign.features import create_table, open_table
 
+from .progress import tick
+
 BOLD_SUFFIXES = (".dtseries.nii", ".func.gii", ".nii.gz", ".nii", ".npy", ".h5", ".hdf5")
 _ENTITY = re.compile(r"(?:^|_)(sub|ses|task|acq|run|space|hemi|desc)-([A-Za-z0-9]+)")
 
@@ -593,6 +595,8 @@ def ingest_responses(
     tr : repetition time in seconds; overrides the file headers (required when none has it).
     tr_table : for one ``.npy`` input, a table with one row per TR giving its ``run`` (and
         ``tr``), which splits the matrix into runs.
+    progress : called with a message per step; a :class:`brainalign.cli.progress.Progress` is
+        also told the count of runs read.
     """
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
@@ -623,7 +627,14 @@ def ingest_responses(
     per_subject_runs: dict[str, dict[str, int]] = {}
     sources = []
     for n_in, ri in enumerate(inputs):
-        say(f"reading run {ri.run} ({', '.join(p.name for p in ri.paths)}) [{n_in + 1}/{len(inputs)}]")
+        tick(
+            progress,
+            "read runs",
+            n_in,
+            len(inputs),
+            unit="run",
+            message=f"reading run {ri.run} ({', '.join(p.name for p in ri.paths)}) [{n_in + 1}/{len(inputs)}]",
+        )
         b = read_run(ri, mask=mask, atlas=atlas, atlas_labels=atlas_labels, labels=labels)
         if ref is None:
             ref, vox, fmt = b.reference, b.voxels, b.fmt
@@ -682,6 +693,7 @@ def ingest_responses(
                 }
             )
         sources.append([str(p) for p in ri.paths])
+    tick(progress, "read runs", len(inputs), len(inputs), unit="run")
     if len(tr_seen) > 1:
         raise IngestError(
             f"tr: the runs have different repetition times {sorted(tr_seen)}; ingest them separately"

@@ -11,6 +11,7 @@ the regions ``A``, ``B``, ``A&B`` (… ``A&B&C``) named after the selections, pl
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from brainalign.features import create_table
 from .align import AlignmentPreset, get_preset, keep_mask, zscore_by_run
 from .fitting import DEFAULT_ALPHAS, _open_inputs, design, device_description, make_folds, split_runs
 from .join import KeyMismatchError, join_features_responses
+from .progress import tick
 
 
 @dataclass
@@ -85,17 +87,19 @@ def partition_variance(
     ----------
     selections : name -> SQL filter over the features table; each picks one feature space.
     correction, joint : passed to :func:`brainalign.encoders.variance_partition`.
+    progress : called with a message per step; a :class:`brainalign.cli.progress.Progress` also
+        gets the step count (one join per selection, the partition, the write).
     Other parameters as in :func:`brainalign.cli.fitting.fit_scores`.
     """
-    say = progress or (lambda _m: None)
+    stage = functools.partial(tick, progress, "partition", total=len(selections) + 2, unit="stage")
     if not 2 <= len(selections) <= 3:
         raise ValueError(f"space: expected 2 or 3 selections, got {len(selections)}")
     t0 = time.perf_counter()
     fs, rs = _open_inputs(features, responses)
     pre = preset if isinstance(preset, AlignmentPreset) else get_preset(preset)
     joined = {}
-    for name, where in selections.items():
-        say(f"joining selection {name!r}: {where}")
+    for k, (name, where) in enumerate(selections.items()):
+        stage(k, message=f"joining selection {name!r}: {where}")
         j = join_features_responses(
             fs, rs, subject=subject, where=where, allow_trim=allow_trim, lanczos_window=pre.lanczos_window
         )
@@ -125,11 +129,12 @@ def partition_variance(
     fold_idx, _ = make_folds(folds, first.runs[train])
     t_join = time.perf_counter()
     device = device_description()
-    say(f"partitioning {list(joined)} over {Y.shape[1]:,} voxels on {device}")
+    stage(len(joined), message=f"partitioning {list(joined)} over {Y.shape[1]:,} voxels on {device}")
     part = variance_partition(
         sp_tr, Y[train], sp_te, Y[test], alphas=alphas, folds=fold_idx, correction=correction, joint=joint
     )
     t_fit = time.perf_counter()
+    stage(len(joined) + 1, message="writing partitions")
     names = list(joined)
     regions = dict(part.regions)
     regions["total"] = part.r2[frozenset(names)]
@@ -161,6 +166,7 @@ def partition_variance(
     pt = create_table(partitions, "partitions", provenance=provenance, exist_ok=True)
     version = pt.write(table)
     t_write = time.perf_counter()
+    stage(len(joined) + 2)
     return PartitionSummary(
         fit=fit_name,
         subject=first.subject,

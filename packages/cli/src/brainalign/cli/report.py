@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from brainalign.features import open_table
 
+from .progress import tick
 from .query import run_query
 
 LAYER_PROFILE_SQL = """
@@ -427,8 +428,16 @@ def build_report(
     partition_fit : a fit name in the partitions table to draw partition bars for.
     compare : ``(base_model, tuned_model)`` for the base vs instruction-tuned comparison.
     maps : write brain maps of each (model, instruction) at its best layer (up to ``max_maps``).
+    progress : called with a message per figure and map; a
+        :class:`brainalign.cli.progress.Progress` also gets their count.
     """
-    say = progress or (lambda _m: None)
+    n_figs = 2 + bool(partition_fit) + bool(compare)
+    count = {"done": 0, "total": n_figs + (max_maps if maps else 0)}  # maps: at most; known later
+
+    def say(message: str) -> None:  # a figure or a map begins
+        tick(progress, "report", count["done"], count["total"], unit="figure", message=message)
+        count["done"] += 1
+
     if page_format not in ("html", "md"):
         raise ValueError(f"format: expected 'html' or 'md', got {page_format!r}")
     out = Path(out)
@@ -478,7 +487,6 @@ def build_report(
         ).name
         rep.tables["base vs instruction-tuned"] = cmp.to_pylist()
     if maps:
-        say("brain maps")
         vox, ref = _voxels(root, n["subject"], tables)
         best = run_query(
             f"""WITH prof AS (SELECT model, instruction_id, layer, avg({metric.replace("s.", "")}) AS score
@@ -488,7 +496,9 @@ def build_report(
             root,
             tables=tables,
         ).to_pylist()
+        count["total"] = n_figs + len(best)
         for b in best:
+            say(f"brain map of {b['model']}, {b['instruction_id']}, layer {b['layer']}")
             vals = run_query(
                 f"""SELECT voxel, {metric.replace("s.", "")} AS v FROM scores WHERE fit = {_q(fit)}
                     AND subject = {_q(n["subject"])} AND model = {_q(b["model"])}
@@ -505,6 +515,7 @@ def build_report(
             files = write_brain_map(arr, vox, ref, stem, title=title)
             rep.maps += [f.name for f in files]
     _write_page(rep, fit, ylabel, page_format)
+    tick(progress, "report", count["done"], count["done"], unit="figure")
     return rep
 
 

@@ -32,7 +32,7 @@ Layout (see ``studies/*.toml`` for the four seed studies)::
     instructions = ["family:image"]
     pooling = ["response"]
     # source = "pull": repo = "owner/name", pull_revision = "v1"
-    # source = "table": table = "path/to/features.lance"
+    # source = "table": table = "path/to/features.lance"  (relative: inside the dataset root)
 
     [fit]
     preset = "none"                     # brainalign.cli.align.PRESETS, fields overridable
@@ -269,7 +269,16 @@ def parse_recipe(
     listing every problem. ``data_root`` replaces ``[data] root`` (one dataset) or is the
     parent of each dataset's ``root`` when that is relative (several datasets)."""
     problems: list[str] = []
-    raw = _expand(dict(raw), "recipe", problems)
+    raw = copy.deepcopy(dict(raw))
+    data_raw = raw.get("data")
+    if data_root is not None and data_raw is not None:
+        # --data replaces the roots: their environment variables need not be set
+        for b in [data_raw] if isinstance(data_raw, dict) else data_raw:
+            if isinstance(b, dict) and isinstance(b.get("root"), str):
+                ignored: list[str] = []
+                root = _expand(b["root"], "", ignored)
+                b["root"] = None if ignored else root
+    raw = _expand(raw, "recipe", problems)
     _unknown(raw, {"study", "data", "embed", "models", "fit", "partitions", "report"}, "recipe", problems)
     study = raw.get("study", {})
     name = str(study.get("name", "")).strip()
@@ -290,11 +299,13 @@ def parse_recipe(
             continue
         root = b.get("root")
         if data_root is not None:
-            root = (
-                Path(data_root)
-                if len(blocks) == 1 or root is None
-                else Path(data_root) / str(root).lstrip("/")
-            )
+            # one dataset: --data is its root; several: --data is their parent, and each
+            # dataset's folder is its relative root (e.g. "${PEREIRA_ROOT:-Pereira2018}") or its name
+            if len(blocks) == 1:
+                root = Path(data_root)
+            else:
+                rel = root is not None and not Path(str(root)).is_absolute()
+                root = Path(data_root) / str(root if rel else b.get("name", b["dataset"]))
         if root is None:
             problems.append(
                 f"{where}.root: expected the path of your copy of {b['dataset']!r} (or pass --data)"
@@ -355,8 +366,10 @@ def parse_recipe(
         if unknown_embed:
             problems.append(f"{where}.embed: unknown key(s) {sorted(unknown_embed)}")
         table = m.get("table")
-        if table is not None and not Path(str(table)).is_absolute():
-            table = str(base_dir / str(table))
+        if table is not None and not Path(str(table)).expanduser().is_absolute():
+            # a relative features table lives in the dataset folder (e.g. derivatives/...)
+            home = [d for d in data if d.name in (m.get("datasets") or [d.name])]
+            table = str((home[0].root if home else base_dir) / str(table))
         models.append(
             ModelSpec(
                 name=mname,
