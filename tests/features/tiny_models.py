@@ -689,3 +689,111 @@ def build_qwen25_omni_thinker(path: Path) -> Path:
 
 
 BUILDERS["qwen2.5-omni-thinker"] = build_qwen25_omni_thinker
+
+
+# ---- IDEFICS (v1), IDEFICS2 ------------------------------------------------------------------
+IDEFICS_SPECIAL = ["<fake_token_around_image>", "<end_of_utterance>"]
+
+
+def _tokenizer_with(special: list[str], **kw):
+    """:func:`train_tokenizer` with ``special`` added to :data:`SPECIAL` for this one tokenizer."""
+    global SPECIAL
+    old = SPECIAL
+    SPECIAL = [*old, *(s for s in special if s not in old)]
+    try:
+        return train_tokenizer(**kw)
+    finally:
+        SPECIAL = old
+
+
+def build_idefics(path: Path) -> Path:
+    """IDEFICS v1 (``IdeficsForVisionText2Text``): a Llama-style LM with gated cross-attention to a
+    CLIP-style vision tower; one ``<image>`` token per image, no chat template (the processor takes
+    interleaved ``[text, image, text]`` prompts). The gates start at 1 so the image reaches the LM."""
+    torch.manual_seed(13)
+    tok = _tokenizer_with(IDEFICS_SPECIAL, add_bos=True)
+    vision = dict(
+        embed_dim=32,
+        image_size=28,
+        intermediate_size=64,
+        patch_size=14,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+    )
+    cfg = tf.IdeficsConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=1024,
+        cross_layer_interval=1,
+        alpha_initializer="ones",
+        vision_config=vision,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = tf.IdeficsForVisionText2Text(cfg).eval()
+    proc = tf.IdeficsProcessor(image_processor=tf.IdeficsImageProcessor(image_size=28), tokenizer=tok)
+    return _save(model, tok, path, proc)
+
+
+BUILDERS["idefics"] = build_idefics
+
+
+# IDEFICS2's own chat template (``User:<image>...<end_of_utterance>\nAssistant:``)
+IDEFICS2_CHAT = (
+    "{% for message in messages %}{{ message['role'].capitalize() }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def build_idefics2(path: Path) -> Path:
+    """IDEFICS2 (``Idefics2ForConditionalGeneration``): SigLIP-style tower, perceiver connector
+    (4 latents, so 4 ``<image>`` tokens per image), Mistral LM, chat template."""
+    torch.manual_seed(14)
+    tok = _tokenizer_with(IDEFICS_SPECIAL, add_bos=True, chat_template=IDEFICS2_CHAT)
+    ids = _ids(tok, image="<image>")
+    text = tf.MistralConfig(
+        vocab_size=len(tok),
+        **SMALL_TEXT,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    cfg = tf.Idefics2Config(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
+        perceiver_config=dict(
+            hidden_size=64,
+            resampler_n_latents=4,
+            resampler_depth=1,
+            resampler_n_heads=2,
+            resampler_head_dim=16,
+            num_key_value_heads=1,
+        ),
+        text_config=text.to_dict(),
+        image_token_id=ids["image"],
+        pad_token_id=tok.pad_token_id,
+    )
+    model = tf.Idefics2ForConditionalGeneration(cfg).eval()
+    iproc = tf.Idefics2ImageProcessor(
+        size={"shortest_edge": 28, "longest_edge": 28}, do_image_splitting=False, do_pad=True
+    )
+    proc = tf.Idefics2Processor(
+        image_processor=iproc, tokenizer=tok, image_seq_len=4, chat_template=IDEFICS2_CHAT
+    )
+    return _save(model, tok, path, proc)
+
+
+BUILDERS["idefics2"] = build_idefics2

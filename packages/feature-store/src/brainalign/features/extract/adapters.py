@@ -20,7 +20,8 @@ implement
 causal LMs (GPT-2, Llama, Qwen2, ...), encoders (BERT / MiniLM), encoder-decoders (T5 /
 Flan-T5), and multimodal chat models through their processor (LLaVA-1.5, Qwen2-VL,
 Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT-Video, Video-LLaVA, InternVL ``-hf``, InstructBLIP(-Video),
-IDEFICS, Qwen2-Audio, Qwen2.5-Omni thinker).
+IDEFICS, Qwen2-Audio, Qwen2.5-Omni thinker). IDEFICS v1, which has no chat template and takes
+interleaved text and images, has its own :class:`IdeficsAdapter`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,17 @@ import torch
 
 from ..instructions import Instruction
 from ..stimuli import Stimulus, load_audio_window, load_image, load_video_clip
-from .prompts import Rendered, Template, align_expanded, char_span_to_tokens, render_template, sha256
+from .prompts import (
+    INS,
+    SEPARATOR,
+    STIM,
+    Rendered,
+    Template,
+    align_expanded,
+    char_span_to_tokens,
+    render_template,
+    sha256,
+)
 
 
 @dataclass
@@ -134,6 +146,14 @@ def _pad_right(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, t
         ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
         mask[i, : len(s)] = 1
     return ids, mask
+
+
+def _pad_rows(rows: Sequence[torch.Tensor], n: int) -> torch.Tensor:
+    """Rows ``(len_i, ...)`` zero-padded on the right into one ``(batch, n, ...)`` tensor."""
+    out = torch.zeros((len(rows), n, *rows[0].shape[1:]), dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
 
 
 def _masks_from_offsets(offsets: np.ndarray, spans: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
@@ -579,6 +599,7 @@ _PROJECTOR_PATHS = (
     "language_projection",
 )
 _QFORMER_PATHS = ("model.qformer", "qformer")
+_AUDIO_PATHS = ("model.audio_tower", "audio_tower", "model.audio_model", "audio_model")
 
 
 def _get(module, path: str):
@@ -611,9 +632,10 @@ def _block_list(module) -> tuple[Any, Any] | None:
 class MultimodalAdapter(TransformersAdapter):
     """Chat MLLMs loaded with their processor: component ``lm`` (the language model's hidden
     states over the full multimodal sequence) and optional ``vision`` (vision tower blocks,
-    layer 0 = patch embeddings), ``projector`` (one state) and ``qformer`` — each mean-pooled
-    over all patches/queries of an item (pooling ``all``), captured by forward hooks during the
-    same forward pass."""
+    layer 0 = patch embeddings), ``projector`` (one state), ``qformer`` and ``audio`` (the audio
+    encoder's blocks, layer 0 = the input of its first block; Qwen2-Audio, Qwen2.5-Omni) — each
+    mean-pooled over all patches/queries/audio frames of an item (pooling ``all``; padding frames
+    excluded), captured by forward hooks during the same forward pass."""
 
     def _load(self):
         import transformers
@@ -630,6 +652,10 @@ class MultimodalAdapter(TransformersAdapter):
             )
             if isinstance(i, int)
         }
+        # and IDEFICS2/3's <fake_token_around_image> around each image's tokens
+        fake = getattr(self.processor, "fake_image_token", None)
+        if isinstance(fake, str) and (fid := self._token_id(fake)) is not None:
+            self.inserted_ids.add(fid)
 
     def _load_model(self):
         import transformers
@@ -638,14 +664,19 @@ class MultimodalAdapter(TransformersAdapter):
         cls = getattr(transformers, cls_name) if cls_name else transformers.AutoModelForImageTextToText
         return cls.from_pretrained(self.model_id, **self._model_kwargs)
 
+    def _token_id(self, token: str) -> int | None:
+        """The id of a single token of the vocabulary, or None if it is not one."""
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        if tid is None or tid == self.tokenizer.unk_token_id:
+            return None
+        return int(tid)
+
     def _find_media_ids(self) -> set[int]:
         ids = set()
         for attr in ("image_token", "video_token", "audio_token"):
             tok = getattr(self.processor, attr, None)
-            if isinstance(tok, str):
-                tid = self.tokenizer.convert_tokens_to_ids(tok)
-                if tid is not None and tid != self.tokenizer.unk_token_id:
-                    ids.add(int(tid))
+            if isinstance(tok, str) and (tid := self._token_id(tok)) is not None:
+                ids.add(tid)
         for attr in (
             "image_token_id",
             "image_token_index",
@@ -673,11 +704,25 @@ class MultimodalAdapter(TransformersAdapter):
         return {"lm": (c.num_hidden_layers + 1, c.hidden_size)}
 
     def all_components(self) -> dict[str, tuple[int, int | None]]:
-        """``components()`` plus the optional vision tower / projector / Q-Former (loads the model)."""
+        """``components()`` plus the optional vision tower / projector / Q-Former / audio encoder
+        (loads the model)."""
         out = dict(self.components())
         for comp, (emb, layers) in self._vision_modules().items():
             out[comp] = (len(layers) + (emb is not None) if layers is not None else 1, None)
+        for comp, (_, layers) in self._audio_modules().items():
+            out[comp] = (len(layers) + 1, None)
         return out
+
+    def _audio_modules(self) -> dict[str, tuple[Any, Any]]:
+        """``{"audio": (tower, blocks)}`` for models with an audio encoder (Qwen2-Audio, the
+        Qwen2.5-Omni thinker). Its layer 0 is the input of the first block (the convolutional
+        front end plus positions), captured by a pre-hook, since these towers have no embedding
+        module of their own."""
+        for p in _AUDIO_PATHS:
+            m = _get(self.model, p)
+            if m is not None and (bl := _block_list(m)) is not None:
+                return {"audio": (m, bl[1])}
+        return {}
 
     def _vision_modules(self, kind: str = "image") -> dict[str, tuple[Any, Any]]:
         found: dict[str, tuple[Any, Any]] = {}
@@ -699,7 +744,14 @@ class MultimodalAdapter(TransformersAdapter):
         return found
 
     def _processor_inputs(self, items, texts, padding_side: str):
-        kw: dict[str, Any] = {"text": list(texts), "return_tensors": "pt", "padding": True}
+        # padding_side is passed too: some processors (InternVL) default to left padding whatever
+        # the tokenizer says
+        kw: dict[str, Any] = {
+            "text": list(texts),
+            "return_tensors": "pt",
+            "padding": True,
+            "padding_side": padding_side,
+        }
         modality = {self._media(it)[:1] for it in items}
         if len(modality) != 1:
             raise ValueError("items: a batch must hold one kind of media")
@@ -743,18 +795,21 @@ class MultimodalAdapter(TransformersAdapter):
         inputs = self._processor_inputs(items, [r.text for r in rendered], "right")
         ids, attn = inputs["input_ids"], inputs["attention_mask"]
         seqs, masks, fbs = [], [], []
+        # per-token inputs besides the ids: (batch, seq) ones (token types) and (batch, seq, ...)
+        # ones (IDEFICS' image_attention_mask, which image each token cross-attends to)
         per_token = [
             k
             for k, v in inputs.items()
             if torch.is_tensor(v)
-            and v.dim() == 2
-            and v.shape == ids.shape
+            and v.dim() >= 2
+            and tuple(v.shape[:2]) == tuple(ids.shape)
             and k not in ("input_ids", "attention_mask")
         ]
         extra_rows: dict[str, list] = {k: [] for k in per_token}
         for b, r in enumerate(rendered):
-            n = int(attn[b].sum())
-            row = ids[b, :n].tolist()
+            keep = attn[b].bool()  # the prompt's positions, wherever the processor padded
+            row = ids[b, keep].tolist()
+            n = len(row)
             m = self._item_masks(r.text, r.spans, row)
             resp = list(responses[b]) if responses is not None else []
             pad = np.zeros(len(resp), bool)
@@ -768,19 +823,27 @@ class MultimodalAdapter(TransformersAdapter):
             masks.append(m)
             fbs.append({k: _fallback(n, m, k) for k in m})
             for k in per_token:
-                extra_rows[k].append(inputs[k][b, :n].tolist() + [0] * len(resp))
+                v = inputs[k][b, keep]
+                # response tokens see the media the last prompt token saw, as in generate();
+                # per-token ids (token types) of response tokens are text
+                if resp and v.dim() > 1:
+                    v = torch.cat([v, v[-1:].expand(len(resp), *v.shape[1:])])
+                elif resp:
+                    v = torch.cat([v, torch.zeros(len(resp), dtype=v.dtype)])
+                extra_rows[k].append(v)
         new_ids, new_mask = _pad_right(seqs, self._pad_id)
         model_inputs = {
             k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", *per_token)
         }
         for k in per_token:
-            model_inputs[k] = _pad_right(extra_rows[k], 0)[0].to(inputs[k].dtype)
+            model_inputs[k] = _pad_rows(extra_rows[k], new_ids.shape[1])
         model_inputs["input_ids"], model_inputs["attention_mask"] = new_ids, new_mask
         spans, fb = _stack_masks(masks, fbs, new_ids.shape[1])
 
         kind = (self._media(items[0]) or ("text",))[0]
         wanted = {c: m for c, m in self._vision_modules(kind).items() if c in components}
-        captured: dict[str, list] = {c: [] for c in wanted}
+        audio = {c: m for c, m in self._audio_modules().items() if c in components}
+        captured: dict[str, list] = {c: [] for c in (*wanted, *audio)}
         hooks = []
 
         def grab(comp):
@@ -792,9 +855,19 @@ class MultimodalAdapter(TransformersAdapter):
 
             return hook
 
+        def grab_input(comp):
+            def pre_hook(_mod, args, kwargs):
+                t = args[0] if args else kwargs["hidden_states"]
+                captured[comp].append(t.detach())
+
+            return pre_hook
+
         for comp, (emb, layers) in wanted.items():
             mods = ([emb] if emb is not None else []) + (list(layers) if layers is not None else [])
             hooks += [mod.register_forward_hook(grab(comp)) for mod in mods]
+        for comp, (_, layers) in audio.items():
+            hooks.append(layers[0].register_forward_pre_hook(grab_input(comp), with_kwargs=True))
+            hooks += [mod.register_forward_hook(grab(comp)) for mod in layers]
         try:
             with torch.inference_mode():
                 out = self.model(
@@ -815,6 +888,8 @@ class MultimodalAdapter(TransformersAdapter):
             raise ValueError(f"{self.model_id}: the model returned no language-model hidden states")
         result = {"lm": States(hidden, spans, fb)}
         for comp, states in captured.items():
+            if not states:
+                raise ValueError(f"components: {comp!r} did not run on these {kind} items of {self.model_id}")
             pooled = [self._pool_component(t, items, inputs, comp) for t in states]
             ones = torch.ones((len(items), 1), dtype=torch.bool)
             result[comp] = States(
@@ -822,10 +897,36 @@ class MultimodalAdapter(TransformersAdapter):
             )
         return result
 
+    def _audio_frames(self, inputs) -> list[int]:
+        """Frames per item that the audio encoder's blocks see (after its stride-2 convolution),
+        from the mel frames of ``feature_attention_mask (batch, mel)``."""
+        mask = inputs.get("feature_attention_mask")
+        if mask is None:
+            raise ValueError(f"{self.model_id}: the processor returned no feature_attention_mask")
+        lengths = [int(n) for n in mask.sum(-1).tolist()]
+        tower = self._audio_modules()["audio"][0]
+        n_window = getattr(tower, "n_window", None)
+        if not n_window:  # Qwen2-Audio: one sequence per item, padded to 30 s
+            return [(n - 1) // 2 + 1 for n in lengths]
+        # Qwen2.5-Omni: each item is cut into chunks of 2 * n_window mel frames, convolved apart
+        out = []
+        for n in lengths:
+            full, rest = divmod(n, 2 * n_window)
+            chunks = [2 * n_window] * full + ([rest] if rest else [])
+            out.append(sum((c - 1) // 2 + 1 for c in chunks))
+        return out
+
     def _pool_component(self, t: torch.Tensor, items, inputs, comp: str) -> torch.Tensor:
-        """Mean over every patch / query of each item: ``(batch, dim)`` float32."""
+        """Mean over every patch / query / audio frame of each item: ``(batch, dim)`` float32."""
         B = len(items)
         t = t.to(torch.float32)
+        if comp == "audio":
+            frames = self._audio_frames(inputs)
+            if t.dim() == 2:  # packed frames of all items (Qwen2.5-Omni)
+                if t.shape[0] != sum(frames):
+                    raise ValueError(f"audio: {t.shape[0]} encoder frames, expected {sum(frames)}")
+                return torch.stack([c.mean(0) for c in torch.split(t, frames)])
+            return torch.stack([t[b, : frames[b]].mean(0) for b in range(B)])  # padding frames excluded
         if t.dim() == 2:  # packed patches (Qwen-VL): split by the items' grid sizes
             grid = inputs.get("image_grid_thw")
             if grid is None:
@@ -854,12 +955,159 @@ class MultimodalAdapter(TransformersAdapter):
         return [self._trim(row[n:].tolist()) for row in out]
 
 
+IDEFICS_IMAGE = "<image>"
+IDEFICS_FAKE = "<fake_token_around_image>"
+IDEFICS_EOU = "<end_of_utterance>"
+
+
+def _strip_segments(r: Rendered, markup: re.Pattern) -> Rendered:
+    """``r`` with the spaces around each text segment between ``markup`` matches removed and its
+    spans moved to match, as :class:`transformers.IdeficsProcessor` strips each text it joins."""
+    text = r.text
+    drop = np.zeros(len(text) + 1, bool)
+    bounds = [0, *(k for mt in markup.finditer(text) for k in mt.span()), len(text)]
+    for a, b in zip(bounds[::2], bounds[1::2], strict=True):
+        seg = text[a:b]
+        lead = len(seg) - len(seg.lstrip(" "))
+        trail = len(seg) - len(seg.rstrip(" ")) if seg.strip(" ") else 0
+        drop[a : a + lead] = True
+        drop[b - trail : b] = True
+    if not drop.any():
+        return r
+    kept = np.concatenate([[0], np.cumsum(~drop[:-1])])  # new index of each old index
+    out = "".join(c for c, d in zip(text, drop[:-1], strict=True) if not d)
+    return Rendered(out, {k: (int(kept[a]), int(kept[b])) for k, (a, b) in r.spans.items()})
+
+
+class IdeficsAdapter(MultimodalAdapter):
+    r"""IDEFICS v1 (``IdeficsForVisionText2Text``): a language model that cross-attends to the
+    images from gated layers, with one ``<image>`` token per image in the text.
+
+    IDEFICS has no chat template; :class:`~transformers.IdeficsProcessor` takes interleaved
+    ``[text, image, text, ...]`` prompts. The prompt follows the instruct model card's turns,
+    ``User: <instruction>\n<image><stimulus text><end_of_utterance>\nAssistant:`` with the
+    ``instruction_first`` layout and ``User:<image><stimulus text>\n<instruction><end_of_utterance>
+    \nAssistant:`` with ``stimulus_first`` (``<end_of_utterance>`` only if the tokenizer has it,
+    as the instruct checkpoints' do). Each image is written as the processor writes it,
+    ``<fake_token_around_image><image><fake_token_around_image>``; the ``stimulus`` span is the
+    ``<image>`` tokens (the positions that read the image first) plus any stimulus text. Response
+    tokens cross-attend to the image the last prompt token attends to, as in ``generate``.
+    Components: ``lm`` and the optional ``vision`` (the CLIP-style tower's blocks).
+    """
+
+    def _load(self):
+        if self.use_chat_template:
+            raise ValueError(f"use_chat_template: {self.model_id} (IDEFICS) has no chat template")
+        super()._load()
+        image = getattr(self.processor, "image_token_id", None)
+        if not isinstance(image, int):
+            image = self._token_id(IDEFICS_IMAGE)
+        if image is None:
+            raise ValueError(f"{self.model_id}: the tokenizer has no {IDEFICS_IMAGE} token")
+        self.media_ids = {int(image)}
+        fake = self._token_id(IDEFICS_FAKE)
+        self.inserted_ids = {fake} if fake is not None else set()
+        self.end_of_utterance = IDEFICS_EOU if self._token_id(IDEFICS_EOU) is not None else ""
+        self._markup = re.compile(
+            re.escape(IDEFICS_FAKE) + "(?:" + re.escape(IDEFICS_IMAGE) + re.escape(IDEFICS_FAKE) + ")+"
+        )
+
+    @property
+    def _chat(self):
+        return None
+
+    def template(self, instruction: Instruction, item: Stimulus) -> Template:
+        if item.video is not None or item.audio is not None:
+            raise ValueError(f"items: {self.model_id} (IDEFICS) reads images and text, not video or audio")
+        n = len(item.images or ())
+        key = ("idefics", instruction.id, bool(instruction.text), item.text is not None, n)
+        if key not in self._templates:
+            ins = INS if instruction.text else ""
+            stim = STIM if item.text is not None else ""
+            images = IDEFICS_FAKE + (IDEFICS_IMAGE + IDEFICS_FAKE) * n if n else ""
+            if self.layout == "instruction_first":
+                body = ins + (SEPARATOR if ins and (images or stim) else "") + images + stim
+            else:
+                body = images + stim + (SEPARATOR if stim and ins else "") + ins
+            head = "User:" + (" " if body and not body.startswith(IDEFICS_FAKE) else "")
+            self._templates[key] = Template(head + body + self.end_of_utterance + "\nAssistant:", chat=False)
+        return self._templates[key]
+
+    def render(self, instruction: Instruction, item: Stimulus) -> Rendered:
+        return _strip_segments(super().render(instruction, item), self._markup)
+
+    def _processor_inputs(self, items, texts, padding_side: str):
+        prompts = []
+        for item, text in zip(items, texts, strict=True):
+            if item.video is not None or item.audio is not None:
+                raise ValueError(
+                    f"items: {self.model_id} (IDEFICS) reads images and text, not video or audio"
+                )
+            images = iter([load_image(im) for im in item.images or ()])
+            sample: list[Any] = []
+            pos = 0
+            for mt in self._markup.finditer(text):
+                if mt.start() > pos:
+                    sample.append(text[pos : mt.start()])
+                sample += [next(images) for _ in range(mt.group().count(IDEFICS_IMAGE))]
+                pos = mt.end()
+            if pos < len(text):
+                sample.append(text[pos:])
+            prompts.append(sample)
+        tok = self.tokenizer
+        old = tok.padding_side
+        tok.padding_side = padding_side
+        try:
+            # texts never follow each other, so the processor adds no <end_of_utterance> itself
+            return self.processor(
+                text=prompts,
+                return_tensors="pt",
+                padding=True,
+                padding_side=padding_side,
+                add_end_of_utterance_token=False,
+            )
+        finally:
+            tok.padding_side = old
+
+
+def _insert_after(r: Rendered, pattern: re.Pattern, insert: str) -> Rendered:
+    """``r`` with ``insert`` written at the end of each match of ``pattern``; spans move along
+    (text inserted where a span starts goes before it, where one ends after it)."""
+    at = [mt.end() for mt in pattern.finditer(r.text)]
+    if not at:
+        return r
+    text = insert.join(r.text[a:b] for a, b in zip([0, *at], [*at, len(r.text)], strict=True))
+    k = len(insert)
+    spans = {
+        name: (a + k * sum(p <= a for p in at), b + k * sum(p < b for p in at))
+        for name, (a, b) in r.spans.items()
+    }
+    return Rendered(text, spans)
+
+
+class Idefics2Adapter(MultimodalAdapter):
+    """IDEFICS2 (``Idefics2ForConditionalGeneration``): :class:`MultimodalAdapter` with the chat
+    template, plus the one rewrite its processor makes besides expanding ``<image>``: a space
+    after an image that a word follows directly (``User:<image>Describe`` becomes
+    ``User:<image> Describe``). The rendered prompt carries that space already, so the recorded
+    prompt is what the model reads and the instruction tokens align."""
+
+    _word_after_image = re.compile(r"<image>(?=[^\s<])")
+
+    def render(self, instruction: Instruction, item: Stimulus) -> Rendered:
+        return _insert_after(super().render(instruction, item), self._word_after_image, " ")
+
+
 # ---- loading ---------------------------------------------------------------------------------
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2"}
 
 
 def adapter_class(config) -> type[TransformersAdapter]:
     mt = config.model_type
+    if mt == "idefics":
+        return IdeficsAdapter
+    if mt == "idefics2":
+        return Idefics2Adapter
     if mt in MULTIMODAL_CLASSES or hasattr(config, "vision_config") or hasattr(config, "audio_config"):
         return MultimodalAdapter
     if getattr(config, "is_encoder_decoder", False):

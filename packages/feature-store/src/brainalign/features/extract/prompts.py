@@ -143,7 +143,9 @@ def align_expanded(
 
     ``expanded`` is ``short`` with each media placeholder token repeated (or media tokens
     inserted, as InstructBLIP's processor does, and markup tokens ``inserted_ids`` around them,
-    as InternVL's ``<img>``/``</img>``); every other token must match in order.
+    as InternVL's ``<img>``/``</img>``); every other token must match in order. The last media
+    placeholder may also have been replaced by text around media tokens (InternVL's video:
+    ``Frame1: <img>...</img>``...); it then maps to the replacement's first token.
     """
     out = np.full(len(short), -1, dtype=np.int64)
     i = j = 0
@@ -160,6 +162,19 @@ def align_expanded(
             j += 1
         elif expanded[j] in media_ids or expanded[j] in inserted_ids:
             j += 1
+        elif short[i] in media_ids and not any(t in media_ids for t in short[i + 1 :]):
+            # the processor replaced the last placeholder by text around media tokens (InternVL's
+            # video: "Frame1: <img>...</img>\nFrame2: ..."); the replacement ends at the last
+            # media or markup token, since the rest of the prompt holds none
+            marks = [k for k in range(j, m) if expanded[k] in media_ids or expanded[k] in inserted_ids]
+            if not marks:
+                raise ValueError(
+                    f"prompt: the processor removed the media placeholder {short[i]} and inserted no "
+                    "media tokens for it; cannot locate the stimulus tokens"
+                )
+            out[i] = j
+            i += 1
+            j = marks[-1] + 1
         else:
             raise ValueError(
                 f"prompt: the processor's tokens disagree with the tokenizer's at {i}/{j} "

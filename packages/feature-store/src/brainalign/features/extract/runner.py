@@ -232,7 +232,7 @@ def embed(
     layers : ``"all"``, indices (negative from the end) or relative depths in [0, 1], for every
         component; or ``{component: selection}``.
     components : default the model's main ones (``lm``; ``encoder``/``decoder`` for T5); add
-        ``vision``, ``projector``, ``qformer`` for MLLMs.
+        ``vision``, ``projector``, ``qformer`` for MLLMs, ``audio`` for audio LLMs.
     pooling : spans of :data:`~brainalign.features.extract.pooling.POOLINGS`. ``response``
         generates greedily (``max_new_tokens``, ``seed``) and writes a generations table
         (``generations``, default ``<store>.generations.lance``).
