@@ -76,6 +76,12 @@ def test_overrides_swap_one_line(toy):
     with pytest.raises(RecipeError, match="matches no entry"):
         load_recipe(toy["recipe"], overrides=["models.nope.group=x"])
     assert apply_overrides({"a": {"b": 1}}, ["a.c=true"]) == {"a": {"b": 1, "c": True}}
+    dotted = apply_overrides({"models": [{"name": "qwen2.5-vl"}]}, ["models.qwen2.5-vl.revision=abc"])
+    assert dotted["models"][0]["revision"] == "abc"
+    only = load_recipe(toy["recipe"], models=["toy-tuned"])
+    assert [m.name for m in only.models] == ["toy-tuned"] and only.report["compare"] == []
+    with pytest.raises(RecipeError, match="not models of this recipe"):
+        load_recipe(toy["recipe"], models=["nope"])
 
 
 def test_every_problem_is_listed_before_work(toy, tmp_path):

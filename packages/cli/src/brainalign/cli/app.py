@@ -837,6 +837,9 @@ def run_study(
         list[str] | None,
         typer.Option(help="Run only these stages (embed, ingest, fit, partition, report); repeat."),
     ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Run only these models of the recipe (names); repeat.")
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check the recipe and data, print the plan, run nothing.")
     ] = False,
@@ -858,7 +861,7 @@ def run_study(
     from .studies.recipe import load_recipe
     from .studies.runner import open_datasets, plan_recipe, run_recipe
 
-    rec = load_recipe(recipe, overrides=set_ or [], data_root=data)
+    rec = load_recipe(recipe, overrides=set_ or [], data_root=data, models=model)
     if dry_run:
         with _status(as_json, "checking the recipe and data"):
             plan = plan_recipe(rec, open_datasets(rec))

@@ -220,7 +220,9 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides; ``models.<name>.<key>`` addresses a model by name."""
+    """Apply ``key.path=value`` overrides. In a list of tables (``models``, ``partitions``,
+    ``data``) an entry is addressed by its ``name`` (which may contain dots:
+    ``models.qwen2.5-vl.checkpoint``) or its index."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -228,21 +230,32 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             raise RecipeError(f"set: expected KEY=VALUE (e.g. data.root=/data/nsd), got {item!r}")
         parts = key.strip().split(".")
         node: Any = raw
-        for i, part in enumerate(parts[:-1]):
+        i = 0
+        while i < len(parts) - 1:
+            part = parts[i]
             if isinstance(node, list):
-                match = [x for x in node if isinstance(x, dict) and x.get("name") == part]
-                if not match and part.isdigit() and int(part) < len(node):
-                    match = [node[int(part)]]
-                if not match:
+                match, used = None, 0
+                # the longest dotted run of parts that names an entry (names may hold dots)
+                for j in range(len(parts) - 1, i, -1):
+                    name = ".".join(parts[i:j])
+                    hit = [x for x in node if isinstance(x, dict) and x.get("name") == name]
+                    if hit:
+                        match, used = hit[0], j - i
+                        break
+                if match is None and part.isdigit() and int(part) < len(node):
+                    match, used = node[int(part)], 1
+                if match is None:
                     names = [x.get("name") for x in node if isinstance(x, dict)]
                     raise RecipeError(
                         f"set: {'.'.join(parts[: i + 1])!r} matches no entry; names are {names}"
                     )
-                node = match[0]
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, (dict, list)):
-                    raise RecipeError(f"set: {'.'.join(parts[: i + 1])!r} is a value, not a table")
+                node = match
+                i += used
+                continue
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise RecipeError(f"set: {'.'.join(parts[: i + 1])!r} is a value, not a table")
+            i += 1
         if isinstance(node, list):
             raise RecipeError(f"set: {key!r} addresses a list; name one entry (e.g. models.NAME.key)")
         node[parts[-1]] = _parse_value(text.strip())
@@ -497,8 +510,10 @@ def load_recipe(
     *,
     overrides: Sequence[str] = (),
     data_root: str | Path | None = None,
+    models: Sequence[str] | None = None,
 ) -> Recipe:
-    """Read a recipe file, apply ``--set`` overrides and check it (see :func:`parse_recipe`)."""
+    """Read a recipe file, apply ``--set`` overrides, keep only ``models`` (names; default all)
+    and check it (see :func:`parse_recipe`)."""
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"recipe: no such file {path}")
@@ -507,4 +522,21 @@ def load_recipe(
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"recipe: {path} is not valid TOML ({exc})") from exc
     raw = apply_overrides(raw, overrides)
+    if models:
+        raw = select_models(raw, models)
     return parse_recipe(raw, path=path.resolve(), data_root=data_root)
+
+
+def select_models(raw: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """Keep only the named models (and the partitions and comparisons that use only them)."""
+    have = [m.get("name") for m in raw.get("models", []) if isinstance(m, dict)]
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise RecipeError(f"model: {missing} are not models of this recipe; it has {have}")
+    raw = copy.deepcopy(raw)
+    keep = set(names)
+    raw["models"] = [m for m in raw.get("models", []) if m.get("name") in keep]
+    raw["partitions"] = [p for p in raw.get("partitions", []) if p.get("model", "*") in keep | {"*"}]
+    if "report" in raw and "compare" in raw["report"]:
+        raw["report"]["compare"] = [c for c in raw["report"]["compare"] if set(c) <= keep]
+    return raw
