@@ -368,14 +368,24 @@ def _fit_preset(recipe: Recipe):
 
 def _fit(ctx: RunContext, say: Progress) -> None:
     from ..fitting import DEFAULT_ALPHAS, fit_scores
+    from ..progress import tick
 
     recipe, loader = ctx.recipe, ctx.dataset
     preset = _fit_preset(recipe)
     test_runs = loader.test_runs()
+    n_fits, done = len(ctx.subjects) * len(ctx.models), 0
     for subject in ctx.subjects:
         ceiling = loader.ceiling(ctx.tables["responses"], subject)
         for m in ctx.models:
-            say(f"fitting {m.name} for {subject} ({ctx.data.name})")
+            tick(
+                say,
+                "fits",
+                done,
+                n_fits,
+                unit="fit",
+                message=f"fitting {m.name} for {subject} ({ctx.data.name})",
+            )
+            done += 1
             s = fit_scores(
                 ctx.features[m.name],
                 ctx.tables["responses"],
@@ -396,6 +406,7 @@ def _fit(ctx: RunContext, say: Progress) -> None:
                 progress=say,
             )
             ctx.summaries.append(s)
+    tick(say, "fits", done, n_fits, unit="fit")
 
 
 def _score_expr(ctx: RunContext) -> str:
