@@ -106,6 +106,13 @@ class StudyDataset:
         """Runs held out for scoring (the others train, with CV by run)."""
         raise NotImplementedError
 
+    def subject_runs(self, subject: str) -> list[str] | None:
+        """The run keys of ``subject`` when every subject has their own runs in one stimulus
+        set (subjects saw different stimuli, e.g. their own gameplay): the subject's fits then
+        join only these runs and hold out only the test runs among them. None (the default):
+        all subjects share the runs."""
+        return None
+
     def ceiling(self, responses: Path, subject: str) -> np.ndarray | None:
         """Per-voxel noise ceiling in r units for ``subject`` (or None)."""
         return None

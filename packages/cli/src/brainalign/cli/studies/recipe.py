@@ -101,6 +101,7 @@ FIT_KEYS = {
     "ceiling",
     "min_ceiling",
     "allow_trim",
+    "batch",
 }
 PARTITION_KEYS = {"name", "model", "layer", "reference", "spaces", "instructions", "correction"}
 REPORT_KEYS = {"format", "compare", "maps", "max_maps", "aggregate"}
@@ -196,7 +197,8 @@ def _expand(value: Any, where: str, problems: list[str]) -> Any:
                 return os.environ[var]
             if default is not None:
                 return default
-            problems.append(f"{where}: environment variable ${{{var}}} is not set (set it, or pass --data)")
+            hint = " (set it, or pass --data)" if where.startswith("recipe.data") else ""
+            problems.append(f"{where}: environment variable ${{{var}}} is not set{hint}")
             return m.group(0)
 
         return _ENV.sub(sub, value)
@@ -536,6 +538,9 @@ def select_models(raw: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
     raw = copy.deepcopy(raw)
     keep = set(names)
     raw["models"] = [m for m in raw.get("models", []) if m.get("name") in keep]
+    for m in raw["models"]:
+        if m.get("base") not in (None, *keep):
+            m.pop("base")  # its base model is not run
     raw["partitions"] = [p for p in raw.get("partitions", []) if p.get("model", "*") in keep | {"*"}]
     if "report" in raw and "compare" in raw["report"]:
         raw["report"]["compare"] = [c for c in raw["report"]["compare"] if set(c) <= keep]

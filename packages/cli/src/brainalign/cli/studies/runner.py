@@ -372,41 +372,67 @@ def _fit(ctx: RunContext, say: Progress) -> None:
 
     recipe, loader = ctx.recipe, ctx.dataset
     preset = _fit_preset(recipe)
+    # one batched fit per (subject, model, instruction): every layer, pooling and component of
+    # an instruction together (one compiled program, reused across instructions of the same
+    # shape), which bounds memory for 7B models (e.g. 33 layers x 10k images x 4096 dims);
+    # [fit] batch = "model" fits all of a model's instructions in one call instead
+    per_model = recipe.fit.get("batch", "instruction") == "model"
+    calls = [
+        (subject, m, ids)
+        for subject in ctx.subjects
+        for m in ctx.models
+        for ids in (
+            [expand_instructions(m.instructions)]
+            if per_model
+            else [[i] for i in expand_instructions(m.instructions)]
+        )
+    ]
+    ceilings: dict[str, Any] = {}
+    for done, (subject, m, ids) in enumerate(calls):
+        runs_where, test_runs = _subject_scope(loader, subject)
+        if subject not in ceilings:
+            ceilings[subject] = loader.ceiling(ctx.tables["responses"], subject)
+        what = m.name if per_model else f"{m.name} / {ids[0]}"
+        tick(
+            say,
+            "fits",
+            done,
+            len(calls),
+            unit="fit",
+            message=f"fitting {what} for {subject} ({ctx.data.name})",
+        )
+        s = fit_scores(
+            ctx.features[m.name],
+            ctx.tables["responses"],
+            ctx.tables["scores"],
+            fit_name=ctx.fit,
+            test_runs=test_runs,
+            subject=subject,
+            model=m.name,
+            instruction=ids,
+            pooling=list(m.pooling),
+            where=f"stimulus_set = {_q(ctx.stimulus_sets[m.name])}{runs_where}",
+            preset=preset,
+            alphas=recipe.fit.get("alphas", DEFAULT_ALPHAS),
+            folds=recipe.fit.get("folds", "runs"),
+            ceiling=ceilings[subject],
+            min_ceiling=float(recipe.fit.get("min_ceiling", 0.0)),
+            allow_trim=bool(recipe.fit.get("allow_trim", False)),
+            progress=say,
+        )
+        ctx.summaries.append(s)
+    tick(say, "fits", len(calls), len(calls), unit="fit")
+
+
+def _subject_scope(loader: StudyDataset, subject: str) -> tuple[str, list[str]]:
+    """(extra feature filter, held-out runs) of one subject's fits. When every subject has
+    their own runs in one stimulus set (:meth:`StudyDataset.subject_runs`, e.g. gameplay), a
+    subject's fit joins only its own runs and holds out only its own test runs."""
+    runs = loader.subject_runs(subject)
     test_runs = loader.test_runs()
-    n_fits, done = len(ctx.subjects) * len(ctx.models), 0
-    for subject in ctx.subjects:
-        ceiling = loader.ceiling(ctx.tables["responses"], subject)
-        for m in ctx.models:
-            tick(
-                say,
-                "fits",
-                done,
-                n_fits,
-                unit="fit",
-                message=f"fitting {m.name} for {subject} ({ctx.data.name})",
-            )
-            done += 1
-            s = fit_scores(
-                ctx.features[m.name],
-                ctx.tables["responses"],
-                ctx.tables["scores"],
-                fit_name=ctx.fit,
-                test_runs=test_runs,
-                subject=subject,
-                model=m.name,
-                instruction=expand_instructions(m.instructions),
-                pooling=list(m.pooling),
-                where=f"stimulus_set = {_q(ctx.stimulus_sets[m.name])}",
-                preset=preset,
-                alphas=recipe.fit.get("alphas", DEFAULT_ALPHAS),
-                folds=recipe.fit.get("folds", "runs"),
-                ceiling=ceiling,
-                min_ceiling=float(recipe.fit.get("min_ceiling", 0.0)),
-                allow_trim=bool(recipe.fit.get("allow_trim", False)),
-                progress=say,
-            )
-            ctx.summaries.append(s)
-    tick(say, "fits", done, n_fits, unit="fit")
+    if runs is None:
+        return "", test_runs
+    return f" AND run IN ({', '.join(_q(r) for r in runs)})", [r for r in test_runs if r in runs]
 
 
 def _score_expr(ctx: RunContext) -> str:
@@ -430,7 +456,8 @@ def best_layers(ctx: RunContext) -> dict[tuple[str, str], int]:
     rows = _query(
         ctx,
         f"""WITH per AS (SELECT subject, model, instruction_id, layer, {agg}({ctx.metric}) AS score
-                         FROM scores WHERE fit = {_q(ctx.fit)} GROUP BY ALL),
+                         FROM scores s SEMI JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
+                         WHERE fit = {_q(ctx.fit)} GROUP BY ALL),
                 a AS (SELECT model, instruction_id, layer, avg(score) AS score FROM per GROUP BY ALL)
             SELECT model, instruction_id, arg_max(layer, score) AS layer FROM a GROUP BY ALL""",
     ).to_pylist()
@@ -500,13 +527,14 @@ def _partition(ctx: RunContext, say: Progress) -> None:
                 fit_name = f"{ctx.fit}:{p.name}:{m.name}:{'+'.join(sel)}"
                 for subject in ctx.subjects:
                     say(f"partitioning {list(sel)} of {m.name} at layer {first_layer} for {subject}")
+                    runs_where, test_runs = _subject_scope(ctx.dataset, subject)
                     partition_variance(
                         ctx.features[m.name],
                         ctx.tables["responses"],
                         ctx.tables["partitions"],
-                        selections=full,
+                        selections={k: v + runs_where for k, v in full.items()},
                         fit_name=fit_name,
-                        test_runs=ctx.dataset.test_runs(),
+                        test_runs=test_runs,
                         subject=subject,
                         preset=preset,
                         alphas=recipe.fit.get("alphas", DEFAULT_ALPHAS),
@@ -533,10 +561,11 @@ def study_tables(ctx: RunContext) -> dict[str, list[dict]]:
     dataset = ctx.data.name
     per = f"""per AS (SELECT s.subject, coalesce(v.roi, 'unlabelled') AS roi, s.model, s.instruction_id, s.layer,
                              {agg}(s.{ctx.metric}) AS score
-                      FROM scores s LEFT JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
+                      FROM scores s JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
                       WHERE s.fit = {_q(ctx.fit)} GROUP BY ALL)"""
     whole = f"""whole AS (SELECT subject, model, instruction_id, layer, {agg}({ctx.metric}) AS score
-                        FROM scores WHERE fit = {_q(ctx.fit)} GROUP BY ALL)"""
+                        FROM scores s SEMI JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
+                        WHERE fit = {_q(ctx.fit)} GROUP BY ALL)"""
     ranking = _query(
         ctx,
         f"""WITH {whole},
@@ -601,12 +630,13 @@ def study_tables(ctx: RunContext) -> dict[str, list[dict]]:
         rows = _query(
             ctx,
             f"""SELECT coalesce(v.roi, 'unlabelled') AS roi, p.region, avg(p.r2) AS mean_r2
-                FROM partitions p LEFT JOIN voxels v ON v.voxel = p.voxel AND v.subject = p.subject
+                FROM partitions p JOIN voxels v ON v.voxel = p.voxel AND v.subject = p.subject
                 WHERE p.fit = {_q(pf["fit"])} GROUP BY ALL ORDER BY roi, region""",
         ).to_pylist()
         rows += _query(
             ctx,
-            f"""SELECT 'all' AS roi, region, avg(r2) AS mean_r2 FROM partitions
+            f"""SELECT 'all' AS roi, region, avg(r2) AS mean_r2
+                FROM partitions p SEMI JOIN voxels v ON v.voxel = p.voxel AND v.subject = p.subject
                 WHERE fit = {_q(pf["fit"])} GROUP BY ALL ORDER BY region""",
         ).to_pylist()
         parts += [

@@ -233,8 +233,10 @@ class TransformersAdapter(Adapter):
 
     @property
     def _chat(self):
-        owner = getattr(self, "processor", None) or self.tokenizer
-        has = getattr(owner, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        proc = getattr(self, "processor", None)
+        # the processor renders when it has a template; else the tokenizer's own template
+        owner = proc if getattr(proc, "chat_template", None) else self.tokenizer
+        has = getattr(owner, "chat_template", None)
         use = self.use_chat_template if self.use_chat_template is not None else bool(has)
         if use and not has:
             raise ValueError(f"use_chat_template: {self.model_id} has no chat template")
