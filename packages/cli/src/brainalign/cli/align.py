@@ -35,6 +35,9 @@ class AlignmentPreset:
     lanczos_window : Lanczos window (in lobes) for resampling word-level features (rows with
         no ``tr``, timed by ``onset_s``) onto the TRs of the responses (None: features must
         already be per TR).
+    standardize : z-score every feature with the mean and standard deviation of the training
+        samples (after PCA, before delays); for trial-level data where per-run z-scoring does not
+        apply, and for LLM states with a few very large dimensions.
     """
 
     name: str
@@ -44,6 +47,7 @@ class AlignmentPreset:
     trim_end: int = 0
     pca: int | None = None
     lanczos_window: int | None = None
+    standardize: bool = False
 
 
 PRESETS = {
@@ -136,6 +140,15 @@ def pca_train(X: np.ndarray, train: np.ndarray, n_components: int) -> np.ndarray
         _, _, Vt = np.linalg.svd(Xt - mu, full_matrices=False)
         out[s] = (X[s] - mu) @ Vt[:k].T
     return out
+
+
+def standardize_train(X: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Z-score the columns of ``X (..., n_samples, d)`` with the mean and standard deviation of
+    the rows ``train`` (boolean mask) only; constant columns become 0."""
+    Xt = X[..., train, :].astype(np.float64)
+    mu = Xt.mean(-2, keepdims=True)
+    sd = Xt.std(-2, keepdims=True)
+    return np.where(sd > 0, (X - mu) / np.where(sd > 0, sd, 1.0), 0.0).astype(np.float32)
 
 
 def zscore_by_run(A: np.ndarray, runs: np.ndarray) -> np.ndarray:

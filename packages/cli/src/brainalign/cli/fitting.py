@@ -29,7 +29,15 @@ from brainalign.encoders import (
 )
 from brainalign.features import FeatureStore, Table, create_table, open_table
 
-from .align import AlignmentPreset, get_preset, keep_mask, pca_train, prepare_design, zscore_by_run
+from .align import (
+    AlignmentPreset,
+    get_preset,
+    keep_mask,
+    pca_train,
+    prepare_design,
+    standardize_train,
+    zscore_by_run,
+)
 from .join import join_features_responses
 from .progress import tick
 
@@ -175,9 +183,12 @@ def split_runs(all_runs: list[str], test_runs: Sequence[str]) -> tuple[list[str]
 
 
 def design(X: np.ndarray, runs: np.ndarray, train: np.ndarray, pre: AlignmentPreset) -> np.ndarray:
-    """PCA (fitted on ``train`` rows) then z-score and delays: ``(n_spaces, n, p)``."""
+    """PCA (fitted on ``train`` rows), standardisation with training statistics, then
+    z-scoring per run and delays: ``(n_spaces, n, p)``."""
     if pre.pca:
         X = pca_train(X, train, pre.pca)
+    if pre.standardize:
+        X = standardize_train(X, train)
     return prepare_design(X, runs, pre)
 
 

@@ -96,6 +96,7 @@ FIT_KEYS = {
     "trim_end",
     "pca",
     "lanczos_window",
+    "standardize",
     "alphas",
     "folds",
     "ceiling",
@@ -106,6 +107,7 @@ FIT_KEYS = {
 PARTITION_KEYS = {"name", "model", "layer", "reference", "spaces", "instructions", "correction"}
 REPORT_KEYS = {"format", "compare", "maps", "max_maps", "aggregate"}
 EMBED_KEYS = {
+    "use_chat_template",
     "batch_size",
     "max_new_tokens",
     "seed",
@@ -336,6 +338,11 @@ def parse_recipe(
             problems.append(f"{where}.subjects: expected a list of subject ids, got {subjects!r}")
             subjects = None
         opts = {k: v for k, v in b.items() if k not in {"dataset", "root", "subjects", "name"}}
+        own_fit = opts.get("fit")
+        if own_fit is not None and not isinstance(own_fit, dict):
+            problems.append(f"{where}.fit: expected a table of [fit] settings, got {own_fit!r}")
+        elif own_fit is not None:  # this dataset's own fit settings, on top of [fit]
+            _unknown(own_fit, FIT_KEYS, f"{where}.fit", problems)
         data.append(
             DataSpec(
                 dataset=str(b["dataset"]),
@@ -430,19 +437,50 @@ def parse_recipe(
         or any(not isinstance(a, (int, float)) or a <= 0 for a in alphas)
     ):
         problems.append(f"fit.alphas: expected a list of positive numbers, got {alphas!r}")
-    try:
-        from ..align import get_preset
+    from ..align import get_preset
 
+    try:
         get_preset(
             fit.get("preset", "fir4"),
             **{
                 k: fit[k]
-                for k in ("delays", "zscore", "trim_start", "trim_end", "pca", "lanczos_window")
+                for k in (
+                    "delays",
+                    "zscore",
+                    "trim_start",
+                    "trim_end",
+                    "pca",
+                    "lanczos_window",
+                    "standardize",
+                )
                 if k in fit
             },
         )
     except (ValueError, TypeError) as exc:
         problems.append(f"fit: {exc}")
+    for d in data:
+        own = d.options.get("fit")
+        if isinstance(own, dict):
+            f = {**fit, **own}
+            try:
+                get_preset(
+                    f.get("preset", "fir4"),
+                    **{
+                        k: f[k]
+                        for k in (
+                            "delays",
+                            "zscore",
+                            "trim_start",
+                            "trim_end",
+                            "pca",
+                            "lanczos_window",
+                            "standardize",
+                        )
+                        if k in f
+                    },
+                )
+            except (ValueError, TypeError) as exc:
+                problems.append(f"data ({d.name}).fit: {exc}")
 
     # ---- partitions ------------------------------------------------------------------------
     parts: list[PartitionSpec] = []

@@ -156,7 +156,7 @@ def open_datasets(recipe: Recipe) -> dict[str, StudyDataset]:
         except RecipeError as exc:
             problems += exc.problems
             continue
-        opts = dict(d.options)
+        opts = {k: v for k, v in d.options.items() if k != "fit"}  # `fit` is the runner's
         if d.subjects:
             opts["subjects"] = d.subjects
         loader = cls(d.root, opts)
@@ -291,7 +291,7 @@ def _embed_kwargs(recipe: Recipe, m: ModelSpec) -> dict[str, Any]:
         "seed": int(opts.pop("seed", 0)),
         "storage_dtype": opts.pop("storage_dtype", "float32"),
     }
-    for k in ("dtype", "device", "device_map", "attn_implementation"):
+    for k in ("dtype", "device", "device_map", "attn_implementation", "use_chat_template"):
         v = opts.pop(k, None)
         if v is not None and v != "auto":
             kw[k] = v
@@ -354,14 +354,21 @@ def _stimulus_set_of(path: Path, model: str, ctx: RunContext) -> str:
     return (want or sets)[0]
 
 
-def _fit_preset(recipe: Recipe):
+def fit_settings(recipe: Recipe, data: DataSpec) -> dict[str, Any]:
+    """The recipe's ``[fit]`` with the dataset's own ``fit`` table on top (``[[data]] fit = {...}``:
+    datasets of one recipe may need other alignment, e.g. sentence betas vs word-level stories)."""
+    return {**recipe.fit, **(data.options.get("fit") or {})}
+
+
+def _fit_preset(f: dict[str, Any]):
     from ..align import get_preset
 
-    f = recipe.fit
     return get_preset(
         f.get("preset", "fir4"),
         **{
-            k: f[k] for k in ("delays", "zscore", "trim_start", "trim_end", "pca", "lanczos_window") if k in f
+            k: f[k]
+            for k in ("delays", "zscore", "trim_start", "trim_end", "pca", "lanczos_window", "standardize")
+            if k in f
         },
     )
 
@@ -371,12 +378,13 @@ def _fit(ctx: RunContext, say: Progress) -> None:
     from ..progress import tick
 
     recipe, loader = ctx.recipe, ctx.dataset
-    preset = _fit_preset(recipe)
+    fit = fit_settings(recipe, ctx.data)
+    preset = _fit_preset(fit)
     # one batched fit per (subject, model, instruction): every layer, pooling and component of
     # an instruction together (one compiled program, reused across instructions of the same
     # shape), which bounds memory for 7B models (e.g. 33 layers x 10k images x 4096 dims);
     # [fit] batch = "model" fits all of a model's instructions in one call instead
-    per_model = recipe.fit.get("batch", "instruction") == "model"
+    per_model = fit.get("batch", "instruction") == "model"
     calls = [
         (subject, m, ids)
         for subject in ctx.subjects
@@ -413,11 +421,11 @@ def _fit(ctx: RunContext, say: Progress) -> None:
             pooling=list(m.pooling),
             where=f"stimulus_set = {_q(ctx.stimulus_sets[m.name])}{runs_where}",
             preset=preset,
-            alphas=recipe.fit.get("alphas", DEFAULT_ALPHAS),
-            folds=recipe.fit.get("folds", "runs"),
+            alphas=fit.get("alphas", DEFAULT_ALPHAS),
+            folds=fit.get("folds", "runs"),
             ceiling=ceilings[subject],
-            min_ceiling=float(recipe.fit.get("min_ceiling", 0.0)),
-            allow_trim=bool(recipe.fit.get("allow_trim", False)),
+            min_ceiling=float(fit.get("min_ceiling", 0.0)),
+            allow_trim=bool(fit.get("allow_trim", False)),
             progress=say,
         )
         ctx.summaries.append(s)
@@ -455,10 +463,10 @@ def best_layers(ctx: RunContext) -> dict[tuple[str, str], int]:
     agg = _score_expr(ctx)
     rows = _query(
         ctx,
-        f"""WITH per AS (SELECT subject, model, instruction_id, layer, {agg}({ctx.metric}) AS score
+        f"""WITH per AS (SELECT subject, model, instruction_id, component, layer, {agg}({ctx.metric}) AS score
                          FROM scores s SEMI JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
                          WHERE fit = {_q(ctx.fit)} GROUP BY ALL),
-                a AS (SELECT model, instruction_id, layer, avg(score) AS score FROM per GROUP BY ALL)
+                a AS (SELECT model, instruction_id, component, layer, avg(score) AS score FROM per GROUP BY ALL)
             SELECT model, instruction_id, arg_max(layer, score) AS layer FROM a GROUP BY ALL""",
     ).to_pylist()
     return {(r["model"], r["instruction_id"]): int(r["layer"]) for r in rows}
@@ -500,7 +508,8 @@ def _partition(ctx: RunContext, say: Progress) -> None:
 
     recipe = ctx.recipe
     best = best_layers(ctx)
-    preset = _fit_preset(recipe)
+    fit = fit_settings(recipe, ctx.data)
+    preset = _fit_preset(fit)
     for p in recipe.partitions:
         for m in ctx.models:
             if p.model not in ("*", m.name):
@@ -537,10 +546,10 @@ def _partition(ctx: RunContext, say: Progress) -> None:
                         test_runs=test_runs,
                         subject=subject,
                         preset=preset,
-                        alphas=recipe.fit.get("alphas", DEFAULT_ALPHAS),
-                        folds=recipe.fit.get("folds", "runs"),
+                        alphas=fit.get("alphas", DEFAULT_ALPHAS),
+                        folds=fit.get("folds", "runs"),
                         correction=p.correction,
-                        allow_trim=bool(recipe.fit.get("allow_trim", False)),
+                        allow_trim=bool(fit.get("allow_trim", False)),
                     )
                 ctx.partition_fits.append(
                     {
@@ -559,20 +568,22 @@ def study_tables(ctx: RunContext) -> dict[str, list[dict]]:
     agg = _score_expr(ctx)
     groups = {m.name: m.group for m in ctx.models}
     dataset = ctx.data.name
-    per = f"""per AS (SELECT s.subject, coalesce(v.roi, 'unlabelled') AS roi, s.model, s.instruction_id, s.layer,
+    per = f"""per AS (SELECT s.subject, coalesce(v.roi, 'unlabelled') AS roi, s.model, s.instruction_id,
+                             s.component, s.layer,
                              {agg}(s.{ctx.metric}) AS score
                       FROM scores s JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
                       WHERE s.fit = {_q(ctx.fit)} GROUP BY ALL)"""
-    whole = f"""whole AS (SELECT subject, model, instruction_id, layer, {agg}({ctx.metric}) AS score
+    whole = f"""whole AS (SELECT subject, model, instruction_id, component, layer, {agg}({ctx.metric}) AS score
                         FROM scores s SEMI JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
                         WHERE fit = {_q(ctx.fit)} GROUP BY ALL)"""
     ranking = _query(
         ctx,
         f"""WITH {whole},
-                a AS (SELECT model, instruction_id, layer, avg(score) AS score FROM whole GROUP BY ALL),
-                b AS (SELECT model, instruction_id, arg_max(layer, score) AS best_layer, max(score) AS score
+                a AS (SELECT model, instruction_id, component, layer, avg(score) AS score FROM whole GROUP BY ALL),
+                b AS (SELECT model, instruction_id, arg_max(component, score) AS best_component,
+                             arg_max(layer, score) AS best_layer, max(score) AS score
                       FROM a GROUP BY ALL)
-            SELECT model, instruction_id, best_layer, score,
+            SELECT model, instruction_id, best_component AS component, best_layer, score,
                    rank() OVER (PARTITION BY model ORDER BY score DESC) AS rank
             FROM b ORDER BY model, rank""",
     ).to_pylist()
@@ -594,6 +605,7 @@ def study_tables(ctx: RunContext) -> dict[str, list[dict]]:
                 "model": name,
                 "group": groups.get(name, ""),
                 "best_instruction": top["instruction_id"],
+                "best_component": top["component"],
                 "best_layer": top["best_layer"],
                 "score": top["score"],
             }
@@ -602,7 +614,7 @@ def study_tables(ctx: RunContext) -> dict[str, list[dict]]:
     roi_rows = _query(
         ctx,
         f"""WITH {per},
-                a AS (SELECT roi, model, instruction_id, layer, avg(score) AS score FROM per GROUP BY ALL)
+                a AS (SELECT roi, model, instruction_id, component, layer, avg(score) AS score FROM per GROUP BY ALL)
             SELECT roi, model, max(score) AS score FROM a GROUP BY ALL ORDER BY roi, model""",
     ).to_pylist()
     for r in models:
