@@ -209,3 +209,20 @@ def test_ceiling_normalised_scores_and_pca(pipeline, tmp_path):
     bad = run_cli("fit", "--root", pipeline["tables"], "--scores", tmp_path / "s2.lance", "--test-run", "4",
                   "--ceiling", tmp_path / "nope.npy", ok=False)  # fmt: skip
     assert "ceiling: no such file" in bad.stderr
+
+
+def test_standardize_uses_training_statistics_only():
+    from brainalign.cli.align import get_preset
+    from brainalign.cli.fitting import design
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2, 40, 3)) * np.array([1.0, 50.0, 1e3]) + 7.0
+    X[:, 30:] += 100.0  # test rows far off: must not leak into the statistics
+    train = np.arange(40) < 30
+    runs = np.array(["a"] * 40)
+    pre = get_preset("none", standardize=True)
+    out = design(X, runs, train, pre)
+    Xt = X[:, :30]
+    want = (X - Xt.mean(1, keepdims=True)) / Xt.std(1, keepdims=True)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out[:, :30].mean(1), 0, atol=1e-5)

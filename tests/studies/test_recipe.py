@@ -128,3 +128,40 @@ def test_command_dry_run_and_errors(toy):
     assert plan["partitions"][0]["selections"] == ["image_vqa", "image_captioning"]
     res = runner.invoke(app, ["run", str(toy["recipe"]), "--dry-run", "--set", "fit.preset=nope"])
     assert res.exit_code == 1 and "preset" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes/text content:DeprecationWarning")
+def test_recipe_starts_from_published_embeddings(toy, result, tmp_path):
+    """The same study with both models pulled from the (test) Hub instead of a local table."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hubserver import point_client
+    from hubserver.server import serve
+
+    from brainalign.features import open_table, push
+
+    server = serve(tmp_path / "hub", {"hf_toy_token": "lab"})
+    mp = point_client(server, tmp_path, "hf_toy_token")
+    try:
+        push(open_table(toy["features"]), "lab/toy-features", tag="v1")
+        overrides = []
+        for name in ("toy-tuned", "toy-base"):
+            overrides += [
+                f"models.{name}.source=pull",
+                f"models.{name}.repo=lab/toy-features",
+                f"models.{name}.pull_revision=v1",
+            ]
+        rec = load_recipe(toy["recipe"], overrides=overrides)
+        assert {m.source for m in rec.models} == {"pull"}
+        pulled = run_recipe(rec, tmp_path / "out", stages=["ingest", "fit", "report"])
+    finally:
+        mp.undo()
+        server.close()
+    key = ("model", "instruction_id", "best_layer", "rank")
+    assert [[r[k] for k in key] for r in pulled.tables["instruction ranking"]] == [
+        [r[k] for k in key] for r in result.tables["instruction ranking"]
+    ]
+    for a, b in zip(pulled.tables["instruction ranking"], result.tables["instruction ranking"], strict=True):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-6)
