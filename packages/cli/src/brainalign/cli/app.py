@@ -868,7 +868,7 @@ def run_study(
         if as_json:
             print(json.dumps(plan.to_dict(), default=str))
         else:
-            console.print(plan.text(), markup=False, highlight=False)
+            console.print(plan.text(), markup=False, highlight=False, soft_wrap=True)
         return
     out = out or Path("runs") / rec.name
     # brainalign's bars show the stages; huggingface_hub's would cut through them

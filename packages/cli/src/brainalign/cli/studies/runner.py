@@ -87,21 +87,33 @@ class Plan:
                 )
             )
         for e in self.embeds:
+            if e["source"] == "pull":
+                lines.append(
+                    f"  pull {e['model']} for {e['data']} from {e['repo']}@{e.get('revision') or 'main'}: "
+                    f"{len(e['instructions'])} instruction(s)"
+                )
+                continue
+            if e["source"] == "table":
+                lines.append(
+                    f"  table {e['model']} for {e['data']}: {e.get('rows', 0):,} stored rows, "
+                    f"{e.get('n_layers', '?')} layer(s), {len(e['instructions'])} instruction(s) ({e['table']})"
+                )
+                continue
             rows = "?" if e.get("rows") is None else f"{e['rows']:,}"
             size = "" if e.get("bytes") is None else f", ~{_human(e['bytes'])}"
             lines.append(
-                f"  {e['source']} {e['model']} on {e['data']}: {e.get('n_items', '?')} stimuli x "
+                f"  embed {e['model']} on {e['data']}: {e.get('n_items', '?')} stimuli x "
                 f"{len(e['instructions'])} instruction(s) x {e.get('n_layers', '?')} layer(s) -> {rows} rows{size}"
             )
         for f in self.fits:
             lines.append(
                 f"  fit {f['model']} on {f['data']}: {len(f['subjects'])} subject(s) x "
-                f"{f.get('n_spaces', '?')} space(s), test runs {f['test_runs']}"
+                f"{f.get('n_spaces') or '?'} space(s), test runs {f['test_runs']}"
             )
         for p in self.partitions:
             lines.append(f"  partition {p['name']} ({p['model']}): {p['selections']}")
-        if self.storage_bytes is not None:
-            lines.append(f"  estimated feature storage: {_human(self.storage_bytes)}")
+        if self.storage_bytes is not None and any(e["source"] == "embed" for e in self.embeds):
+            lines.append(f"  estimated storage of the new embeddings: {_human(self.storage_bytes)}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -254,10 +266,16 @@ def plan_recipe(recipe: Recipe, loaders: dict[str, StudyDataset] | None = None) 
                 else:
                     known = False
                     entry["rows"] = None
+            elif m.source == "table" and loader.kind == "fmri":
+                entry.update(table=str(m.table), **_table_counts(Path(m.table), m.name))
+            elif m.source == "pull":
+                entry.update(repo=m.repo, revision=m.pull_revision)
             plan.embeds.append(entry)
             if loader.kind == "fmri":
                 n_spaces = None
-                if entry.get("n_layers"):
+                if entry.get("n_spaces"):
+                    n_spaces = entry.pop("n_spaces")
+                elif entry.get("n_layers"):
                     n_spaces = len(ids) * entry["n_layers"] * len(m.pooling) * (len(m.components or [1]))
                 plan.fits.append(
                     {
@@ -279,6 +297,17 @@ def plan_recipe(recipe: Recipe, loaders: dict[str, StudyDataset] | None = None) 
     if not known:
         plan.notes.append("layer counts of Hub checkpoints are read at embed time; storage is not estimated")
     return plan
+
+
+def _table_counts(path: Path, model: str) -> dict[str, int]:
+    """Rows, layers and feature spaces of ``model`` in a features table (reads key columns only)."""
+    from brainalign.features import open_table
+
+    t = open_table(path).to_table(
+        columns=["instruction_id", "component", "layer", "pooling"], filter=f"model = {_q(model)}"
+    )
+    spaces = t.group_by(t.column_names).aggregate([])
+    return {"rows": len(t), "n_layers": len(set(t.column("layer").to_pylist())), "n_spaces": len(spaces)}
 
 
 # ---- stages -------------------------------------------------------------------------------
