@@ -797,3 +797,54 @@ def build_idefics2(path: Path) -> Path:
 
 
 BUILDERS["idefics2"] = build_idefics2
+
+
+# ---- BLIP-2 ----------------------------------------------------------------------------------
+def build_blip2(path: Path) -> Path:
+    """BLIP-2 with an OPT language model (like Salesforce/blip2-opt-6.7b): CLIP-style vision
+    tower, Q-Former with 4 query tokens, no chat template."""
+    torch.manual_seed(12)
+    tok = train_tokenizer(add_bos=True)
+    text = tf.OPTConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        ffn_dim=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        word_embed_proj_dim=64,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    cfg = tf.Blip2Config(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
+        qformer_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            encoder_hidden_size=32,
+            max_position_embeddings=64,
+        ),
+        text_config=text.to_dict(),
+        num_query_tokens=4,
+        image_token_index=_ids(tok, image="<image>")["image"],
+    )
+    model = tf.Blip2ForConditionalGeneration(cfg).eval()
+    proc = tf.Blip2Processor(
+        image_processor=tf.BlipImageProcessor(size={"height": 28, "width": 28}),
+        tokenizer=tok,
+        num_query_tokens=4,
+    )
+    return _save(model, tok, path, proc)
+
+
+BUILDERS["blip-2"] = build_blip2

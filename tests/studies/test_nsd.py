@@ -22,7 +22,7 @@ MODELS = {
     "instructblip-vicuna-7b": "instructblip",
     "qwen2.5-vl-7b": "qwen2.5-vl",
     "idefics-9b-instruct": "idefics",
-    "blip2-opt-6.7b": "blip2",
+    "blip2-opt-6.7b": "blip-2",
 }
 PLANTED_MODEL = "llava-1.5-7b"
 OPTS = {"trials_per_session": mini_nsd.TRIALS_PER_SESSION}
@@ -257,10 +257,7 @@ def e2e(tiny, tmp_path_factory):
     from brainalign.cli.studies.runner import run_recipe
 
     tmp = tmp_path_factory.mktemp("nsd_e2e")
-    ckpts = {
-        name: str(mini_nsd.build_tiny_blip2(tmp / "blip2") if b == "blip2" else tiny(b))
-        for name, b in MODELS.items()
-    }
+    ckpts = {name: str(tiny(b)) for name, b in MODELS.items()}
     info = mini_nsd.build(tmp / "data", checkpoint=ckpts["llava-1.5-7b"], work=tmp / "work")
     recipe = load_recipe(RECIPE, overrides=_overrides(ckpts), data_root=info.root)
     res = run_recipe(recipe, tmp / "out")

@@ -560,6 +560,76 @@ def _atomic_new_table(uri: Path, kind: str, **kw):
     return create_table(tmp / uri.name, kind, **kw), tmp
 
 
+def check_brain_tables(
+    responses_uri: str | Path,
+    voxels_uri: str | Path,
+    n_voxels: int,
+    *,
+    rows: str = "these inputs",
+    hint: str = "; write them to another table",
+    error: type[Exception] = IngestError,
+) -> None:
+    """Refuse existing tables that cannot take rows of ``n_voxels`` voxels: a responses table of
+    another kind or width (the message names the width of ``rows`` and ends with ``hint``), or a
+    voxels table of another kind. Tables that do not exist yet pass."""
+    r_uri, v_uri = Path(responses_uri), Path(voxels_uri)
+    if r_uri.exists():
+        rt = open_table(r_uri)
+        if rt.table_kind != "responses":
+            raise error(f"responses: {r_uri} is a {rt.table_kind} table")
+        have = rt.schema.field("bold").type.list_size
+        if have != n_voxels:
+            raise error(f"responses: {r_uri} holds {have:,} voxels per row, {rows} {n_voxels:,}{hint}")
+    if v_uri.exists():
+        kind = open_table(v_uri).table_kind
+        if kind != "voxels":
+            raise error(f"voxels: {v_uri} is a {kind} table")
+
+
+def write_brain_tables(
+    responses_uri: str | Path,
+    responses_rows: pa.Table,
+    voxels_uri: str | Path,
+    voxels_rows: pa.Table,
+    *,
+    n_voxels: int,
+    provenance: dict,
+    voxels_provenance: dict,
+) -> tuple[int, int]:
+    """Write rows into a responses table and its voxels table, one commit each; return the new
+    versions ``(responses, voxels)``.
+
+    A table that does not exist yet is created (``n_voxels`` and ``provenance`` for the
+    responses table, ``voxels_provenance`` for the voxels table) in a temporary directory beside
+    its destination and moved into place only after both writes succeeded, so a failed write
+    leaves no partial new table; an existing table gets one :meth:`write` (rows with the same
+    keys are replaced). The temporary directories are removed in every case.
+    """
+    r_uri, v_uri = Path(responses_uri), Path(voxels_uri)
+    pending: list[tuple[Path, Path]] = []
+    try:
+        if r_uri.exists():
+            rt = open_table(r_uri)
+        else:
+            rt, tmp = _atomic_new_table(r_uri, "responses", n_voxels=n_voxels, provenance=provenance)
+            pending.append((tmp, r_uri))
+        if v_uri.exists():
+            vt = open_table(v_uri)
+        else:
+            vt, tmp = _atomic_new_table(v_uri, "voxels", provenance=voxels_provenance)
+            pending.append((tmp, v_uri))
+        v_version = vt.write(voxels_rows)
+        r_version = rt.write(responses_rows)
+        for tmp, dest in pending:
+            os.replace(tmp / dest.name, dest)
+            shutil.rmtree(tmp, ignore_errors=True)
+        pending.clear()
+    finally:
+        for tmp, _ in pending:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return r_version, v_version
+
+
 def ingest_responses(
     inputs: Sequence[RunInput],
     *,
@@ -837,37 +907,10 @@ def ingest_responses(
     # ---- write ---------------------------------------------------------------------------
     say(f"writing {len(resp):,} TRs x {n_vox_kept:,} voxels")
     r_uri, v_uri = Path(responses), Path(voxels)
-    pending: list[tuple[Path, Path]] = []
-    try:
-        if r_uri.exists():
-            rt = open_table(r_uri)
-            if rt.table_kind != "responses":
-                raise IngestError(f"responses: {r_uri} is a {rt.table_kind} table")
-            have = rt.schema.field("bold").type.list_size
-            if have != n_vox_kept:
-                raise IngestError(
-                    f"responses: {r_uri} holds {have:,} voxels per row, these inputs {n_vox_kept:,}; "
-                    "write them to another table"
-                )
-        if v_uri.exists() and open_table(v_uri).table_kind != "voxels":
-            raise IngestError(f"voxels: {v_uri} is not a voxels table")
-        if not r_uri.exists():
-            rt, tmp = _atomic_new_table(r_uri, "responses", n_voxels=n_vox_kept, provenance=provenance)
-            pending.append((tmp, r_uri))
-        if not v_uri.exists():
-            vt, tmp = _atomic_new_table(v_uri, "voxels", provenance=vprov)
-            pending.append((tmp, v_uri))
-        else:
-            vt = open_table(v_uri)
-        v_version = vt.write(vtab)
-        r_version = rt.write(resp)
-        for tmp, dest in pending:
-            os.replace(tmp / dest.name, dest)
-            shutil.rmtree(tmp, ignore_errors=True)
-        pending.clear()
-    finally:
-        for tmp, _ in pending:
-            shutil.rmtree(tmp, ignore_errors=True)
+    check_brain_tables(r_uri, v_uri, n_vox_kept)
+    r_version, v_version = write_brain_tables(
+        r_uri, resp, v_uri, vtab, n_voxels=n_vox_kept, provenance=provenance, voxels_provenance=vprov
+    )
     rois = {}
     if "roi" in vtab.column_names:
         for v in vtab.column("roi").to_pylist()[:n_vox_kept]:

@@ -276,6 +276,18 @@ def _unknown(table: Mapping, allowed: set, where: str, problems: list[str]) -> N
         problems.append(f"{where}: unknown key(s) {extra}; expected some of {sorted(allowed)}")
 
 
+PRESET_KEYS = ("delays", "zscore", "trim_start", "trim_end", "pca", "lanczos_window", "standardize")
+
+
+def fit_preset(fit: Mapping[str, Any]):
+    """The alignment preset that a ``[fit]`` table (or a dataset's ``fit`` over it) describes:
+    ``preset`` (default ``"fir4"``) with the :data:`PRESET_KEYS` it sets; a bad preset or option
+    raises ValueError or TypeError."""
+    from ..align import get_preset
+
+    return get_preset(fit.get("preset", "fir4"), **{k: fit[k] for k in PRESET_KEYS if k in fit})
+
+
 def parse_recipe(
     raw: Mapping[str, Any],
     *,
@@ -437,50 +449,16 @@ def parse_recipe(
         or any(not isinstance(a, (int, float)) or a <= 0 for a in alphas)
     ):
         problems.append(f"fit.alphas: expected a list of positive numbers, got {alphas!r}")
-    from ..align import get_preset
-
-    try:
-        get_preset(
-            fit.get("preset", "fir4"),
-            **{
-                k: fit[k]
-                for k in (
-                    "delays",
-                    "zscore",
-                    "trim_start",
-                    "trim_end",
-                    "pca",
-                    "lanczos_window",
-                    "standardize",
-                )
-                if k in fit
-            },
-        )
-    except (ValueError, TypeError) as exc:
-        problems.append(f"fit: {exc}")
-    for d in data:
-        own = d.options.get("fit")
-        if isinstance(own, dict):
-            f = {**fit, **own}
-            try:
-                get_preset(
-                    f.get("preset", "fir4"),
-                    **{
-                        k: f[k]
-                        for k in (
-                            "delays",
-                            "zscore",
-                            "trim_start",
-                            "trim_end",
-                            "pca",
-                            "lanczos_window",
-                            "standardize",
-                        )
-                        if k in f
-                    },
-                )
-            except (ValueError, TypeError) as exc:
-                problems.append(f"data ({d.name}).fit: {exc}")
+    fits = [("fit", fit)] + [
+        (f"data ({d.name}).fit", {**fit, **d.options["fit"]})
+        for d in data
+        if isinstance(d.options.get("fit"), dict)
+    ]
+    for where, f in fits:
+        try:
+            fit_preset(f)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{where}: {exc}")
 
     # ---- partitions ------------------------------------------------------------------------
     parts: list[PartitionSpec] = []

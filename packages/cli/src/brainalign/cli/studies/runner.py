@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .base import RecipeError, ReportPart, StudyDataset, dataset_class
-from .recipe import DataSpec, ModelSpec, PartitionSpec, Recipe
+from .recipe import DataSpec, ModelSpec, PartitionSpec, Recipe, fit_preset
 
 STAGES = ("embed", "ingest", "fit", "partition", "report")
 Progress = Callable[[str], None]
@@ -389,26 +389,13 @@ def fit_settings(recipe: Recipe, data: DataSpec) -> dict[str, Any]:
     return {**recipe.fit, **(data.options.get("fit") or {})}
 
 
-def _fit_preset(f: dict[str, Any]):
-    from ..align import get_preset
-
-    return get_preset(
-        f.get("preset", "fir4"),
-        **{
-            k: f[k]
-            for k in ("delays", "zscore", "trim_start", "trim_end", "pca", "lanczos_window", "standardize")
-            if k in f
-        },
-    )
-
-
 def _fit(ctx: RunContext, say: Progress) -> None:
     from ..fitting import DEFAULT_ALPHAS, fit_scores
     from ..progress import tick
 
     recipe, loader = ctx.recipe, ctx.dataset
     fit = fit_settings(recipe, ctx.data)
-    preset = _fit_preset(fit)
+    preset = fit_preset(fit)
     # one batched fit per (subject, model, instruction): every layer, pooling and component of
     # an instruction together (one compiled program, reused across instructions of the same
     # shape), which bounds memory for 7B models (e.g. 33 layers x 10k images x 4096 dims);
@@ -538,7 +525,7 @@ def _partition(ctx: RunContext, say: Progress) -> None:
     recipe = ctx.recipe
     best = best_layers(ctx)
     fit = fit_settings(recipe, ctx.data)
-    preset = _fit_preset(fit)
+    preset = fit_preset(fit)
     for p in recipe.partitions:
         for m in ctx.models:
             if p.model not in ("*", m.name):

@@ -122,7 +122,6 @@ import csv
 import json
 import math
 import re
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -258,57 +257,105 @@ def common_columns(coords: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _write_tables(
+def _select_voxels(
+    loader: StudyDataset,
+    data: Mapping[str, np.ndarray],
+    coords: Mapping[str, np.ndarray],
+    labels: Mapping[str, Sequence[str]],
+    *,
+    space: str,
+    where: str = "",
+) -> tuple[str, dict[str, np.ndarray], int, list[pa.Table]]:
+    """The ``voxels`` option applied to per-subject data (columns, 1-based MNI-grid coordinates
+    and ROI labels): ``(mode, columns per subject, count, voxels rows per subject)``.
+
+    ``"common"`` keeps the voxels every subject has (:func:`common_columns`); ``"subject"`` keeps
+    each subject's own voxels, which needs equal counts. ``where`` ends the message when no voxel
+    is left (e.g. ``" in the selected atlases"``).
+    """
+    subs = list(data)
+    mode = loader.options.get("voxels", "common")
+    if mode == "common":
+        sel = common_columns(coords)
+    else:
+        counts = {s: data[s].shape[1] for s in subs}
+        if len(set(counts.values())) > 1:
+            raise RecipeError(
+                f"voxels: 'subject' keeps each subject's own voxels, but the counts differ {counts}; "
+                "one responses table holds one voxel count: use voxels = 'common' or select one subject"
+            )
+        sel = {s: np.arange(data[s].shape[1]) for s in subs}
+    n_vox = len(next(iter(sel.values())))
+    if n_vox == 0:
+        raise RecipeError(f"voxels: no voxel is shared by the subjects {subs}{where}")
+    vox = [
+        _voxels_table(loader.name, s, space, coords[s][sel[s]] - 1, [labels[s][i] for i in sel[s]])
+        for s in subs
+    ]
+    return mode, sel, n_vox, vox
+
+
+def _write_and_summarise(
+    loader: StudyDataset,
     responses: Path,
     voxels: Path,
-    resp: pa.Table,
-    vox: pa.Table,
+    resp: Sequence[pa.Table],
+    vox: Sequence[pa.Table],
     *,
+    subjects: list[str],
     n_voxels: int,
     provenance: dict,
-    vprov: dict,
-) -> tuple[int, int]:
-    """Write responses and voxels rows; new tables appear atomically, existing ones get one
-    commit each (rows with the same keys are replaced, so re-ingesting does not duplicate)."""
-    import os
+    t0: float,
+    run_order: Sequence[str] | None = None,
+    rois: dict[str, int] | None = None,
+    **summary: Any,
+) -> list[Any]:
+    """Write every subject's responses and voxels rows and summarise the ingest (one summary).
 
-    from brainalign.features import open_table
+    New tables appear atomically; existing ones get one commit each (rows with the same keys are
+    replaced, so re-ingesting does not duplicate). Runs are counted in the first subject's rows,
+    in ``run_order`` (default: their order there); ``rois`` defaults to the number of voxels per
+    ROI of the first subject. ``summary`` holds the other :class:`IngestSummary` fields.
+    """
+    from ...ingest import IngestSummary, check_brain_tables, write_brain_tables
 
-    from ...ingest import IngestError, _atomic_new_table
-
-    r_uri, v_uri = Path(responses), Path(voxels)
-    pending: list[tuple[Path, Path]] = []
-    try:
-        if r_uri.exists():
-            rt = open_table(r_uri)
-            if rt.table_kind != "responses":
-                raise IngestError(f"responses: {r_uri} is a {rt.table_kind} table")
-            have = rt.schema.field("bold").type.list_size
-            if have != n_voxels:
-                raise IngestError(
-                    f"responses: {r_uri} holds {have:,} voxels per row, this ingest {n_voxels:,} "
-                    "(different subjects, atlases or ROIs); remove the table or write to another folder"
-                )
-        else:
-            rt, tmp = _atomic_new_table(r_uri, "responses", n_voxels=n_voxels, provenance=provenance)
-            pending.append((tmp, r_uri))
-        if v_uri.exists():
-            vt = open_table(v_uri)
-            if vt.table_kind != "voxels":
-                raise IngestError(f"voxels: {v_uri} is a {vt.table_kind} table")
-        else:
-            vt, tmp = _atomic_new_table(v_uri, "voxels", provenance=vprov)
-            pending.append((tmp, v_uri))
-        v_version = vt.write(vox)
-        r_version = rt.write(resp)
-        for tmp, dest in pending:
-            os.replace(tmp / dest.name, dest)
-            shutil.rmtree(tmp, ignore_errors=True)
-        pending.clear()
-    finally:
-        for tmp, _ in pending:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return r_version, v_version
+    check_brain_tables(
+        responses,
+        voxels,
+        n_voxels,
+        rows="this ingest",
+        hint=" (different subjects, atlases or ROIs); remove the table or write to another folder",
+    )
+    rv, vv = write_brain_tables(
+        responses,
+        pa.concat_tables(resp),
+        voxels,
+        pa.concat_tables(vox),
+        n_voxels=n_voxels,
+        provenance=provenance,
+        voxels_provenance=provenance,
+    )
+    runs = resp[0].column("run").to_pylist()
+    order = dict.fromkeys(runs) if run_order is None else run_order
+    if rois is None:
+        rois = {}
+        for r in vox[0].column("roi").to_pylist():
+            rois[r] = rois.get(r, 0) + 1
+    return [
+        IngestSummary(
+            responses_uri=str(responses),
+            voxels_uri=str(voxels),
+            responses_version=rv,
+            voxels_version=vv,
+            dataset=loader.name,
+            subjects=subjects,
+            runs={f"{s}/{r}": runs.count(r) for s in subjects for r in order},
+            n_voxels=n_voxels,
+            seconds=time.perf_counter() - t0,
+            rois=rois,
+            **summary,
+        )
+    ]
 
 
 def _responses_table(
@@ -361,12 +408,6 @@ def _voxels_table(
         for j, c in enumerate("ijk"):
             cols[c] = pa.array(np.asarray(ijk[:, j], np.int32))
     return pa.table(cols)
-
-
-def _summary(**kw):
-    from ...ingest import IngestSummary
-
-    return IngestSummary(**kw)
 
 
 def pool_ceiling(responses: Path, *, chunk: int = 2000, random_state: int = 0) -> np.ndarray | None:
@@ -940,22 +981,11 @@ class Pereira2018(_LanguageFMRI):
             finite = np.isfinite(X[:, cols]).all(0)  # voxels with NaN in any sentence are left out
             cols, rois = cols[finite], [r for r, ok in zip(rois, finite, strict=True) if ok]
             data[s], coords[s], labels[s] = X[:, cols], xyz[cols], rois
-        mode = self.options.get("voxels", "common")
-        if mode == "common":
-            sel = common_columns(coords)
-        else:
-            counts = {s: data[s].shape[1] for s in subs}
-            if len(set(counts.values())) > 1:
-                raise RecipeError(
-                    f"voxels: 'subject' keeps each subject's own voxels, but the counts differ {counts}; "
-                    "one responses table holds one voxel count: use voxels = 'common' or select one subject"
-                )
-            sel = {s: np.arange(data[s].shape[1]) for s in subs}
-        n_vox = len(next(iter(sel.values())))
-        if n_vox == 0:
-            raise RecipeError(f"voxels: no voxel is shared by the subjects {subs} in the selected atlases")
+        mode, sel, n_vox, vox = _select_voxels(
+            self, data, coords, labels, space="MNI (Pereira 2018 grid)", where=" in the selected atlases"
+        )
         runs = [self.run_name(p) for p in st["passage"]]
-        resp, vox = [], []
+        resp = []
         for s in subs:
             resp.append(
                 _responses_table(
@@ -969,15 +999,6 @@ class Pereira2018(_LanguageFMRI):
                     stimulus_ids=[f"s{i:03d}" for i in range(len(runs))],
                 )
             )
-            vox.append(
-                _voxels_table(
-                    self.name,
-                    s,
-                    "MNI (Pereira 2018 grid)",
-                    coords[s][sel[s]] - 1,
-                    [labels[s][i] for i in sel[s]],
-                )
-            )
         prov = {
             "dataset": self.name,
             "experiment": self.experiment,
@@ -987,36 +1008,21 @@ class Pereira2018(_LanguageFMRI):
             "unit": "sentence betas (examples_passagesentences); run = passage, tr = sentence in passage",
         }
         say(f"writing {len(subs)} subject(s) x {len(runs)} sentences x {n_vox:,} voxels")
-        rv, vv = _write_tables(
+        return _write_and_summarise(
+            self,
             responses,
             voxels,
-            pa.concat_tables(resp),
-            pa.concat_tables(vox),
+            resp,
+            vox,
+            subjects=subs,
             n_voxels=n_vox,
             provenance=prov,
-            vprov=prov,
+            t0=t0,
+            tr_s=0.0,
+            space="MNI (Pereira 2018 grid)",
+            fmt="matlab",
+            preprocessing={"voxels": mode, "dropped": "voxels with NaN betas"},
         )
-        rois: dict[str, int] = {}
-        for r in vox[0].column("roi").to_pylist():
-            rois[r] = rois.get(r, 0) + 1
-        return [
-            _summary(
-                responses_uri=str(responses),
-                voxels_uri=str(voxels),
-                responses_version=rv,
-                voxels_version=vv,
-                dataset=self.name,
-                subjects=subs,
-                runs={f"{s}/{r}": runs.count(r) for s in subs for r in dict.fromkeys(runs)},
-                n_voxels=n_vox,
-                tr_s=0.0,
-                space="MNI (Pereira 2018 grid)",
-                fmt="matlab",
-                preprocessing={"voxels": mode, "dropped": "voxels with NaN betas"},
-                seconds=time.perf_counter() - t0,
-                rois=rois,
-            )
-        ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1215,21 +1221,8 @@ class Wehbe2014(_LanguageFMRI):
             cols = np.flatnonzero(keep)
             data[s], coords[s], labels[s] = X[:, cols], xyz[cols], [roi[c] for c in cols]
             timing[s] = self._timing(s)
-        mode = self.options.get("voxels", "common")
-        if mode == "common":
-            sel = common_columns(coords)
-        else:
-            counts = {s: data[s].shape[1] for s in subs}
-            if len(set(counts.values())) > 1:
-                raise RecipeError(
-                    f"voxels: 'subject' keeps each subject's own voxels, but the counts differ {counts}; "
-                    "use voxels = 'common' or select one subject"
-                )
-            sel = {s: np.arange(data[s].shape[1]) for s in subs}
-        n_vox = len(next(iter(sel.values())))
-        if n_vox == 0:
-            raise RecipeError(f"voxels: no voxel is shared by the subjects {subs}")
-        resp, vox = [], []
+        mode, sel, n_vox, vox = _select_voxels(self, data, coords, labels, space="MNI (Wehbe 2014 grid)")
+        resp = []
         for s in subs:
             tm = timing[s]
             starts = self._run_starts(tm)
@@ -1249,15 +1242,6 @@ class Wehbe2014(_LanguageFMRI):
                     onsets=onsets,
                 )
             )
-            vox.append(
-                _voxels_table(
-                    self.name,
-                    s,
-                    "MNI (Wehbe 2014 grid)",
-                    coords[s][sel[s]] - 1,
-                    [labels[s][i] for i in sel[s]],
-                )
-            )
         prov = {
             "dataset": self.name,
             "files": [str(self._path(s)) for s in subs],
@@ -1267,37 +1251,21 @@ class Wehbe2014(_LanguageFMRI):
             "onset_s": "seconds from the run's first TR (time column 1 minus the run's first time)",
         }
         say(f"writing {len(subs)} subject(s) x {len(resp[0])} TRs x {n_vox:,} voxels")
-        rv, vv = _write_tables(
+        return _write_and_summarise(
+            self,
             responses,
             voxels,
-            pa.concat_tables(resp),
-            pa.concat_tables(vox),
+            resp,
+            vox,
+            subjects=subs,
             n_voxels=n_vox,
             provenance=prov,
-            vprov=prov,
+            t0=t0,
+            tr_s=float(self.tr),
+            space="MNI (Wehbe 2014 grid)",
+            fmt="matlab",
+            preprocessing={"voxels": mode, "dropped": "voxels with NaN values"},
         )
-        runs = resp[0].column("run").to_pylist()
-        return [
-            _summary(
-                responses_uri=str(responses),
-                voxels_uri=str(voxels),
-                responses_version=rv,
-                voxels_version=vv,
-                dataset=self.name,
-                subjects=subs,
-                runs={f"{s}/{r}": runs.count(r) for s in subs for r in dict.fromkeys(runs)},
-                n_voxels=n_vox,
-                tr_s=float(self.tr),
-                space="MNI (Wehbe 2014 grid)",
-                fmt="matlab",
-                preprocessing={"voxels": mode, "dropped": "voxels with NaN values"},
-                seconds=time.perf_counter() - t0,
-                rois={
-                    r: vox[0].column("roi").to_pylist().count(r)
-                    for r in set(vox[0].column("roi").to_pylist())
-                },
-            )
-        ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1593,34 +1561,23 @@ class Blank2014(_LanguageFMRI):
             "unit": "language fROI mean time courses (Brain-Score Blank2014.fROI export)",
         }
         say(f"writing {len(subs)} subject(s) x {len(resp[0])} TRs x {len(frois)} fROIs")
-        rv, vv = _write_tables(
+        return _write_and_summarise(
+            self,
             responses,
             voxels,
-            pa.concat_tables(resp),
-            pa.concat_tables(vox),
+            resp,
+            vox,
+            subjects=subs,
             n_voxels=len(frois),
             provenance=prov,
-            vprov=prov,
+            t0=t0,
+            run_order=stories,
+            rois={f: 1 for f in frois},
+            tr_s=float(self.tr),
+            space="fROI",
+            fmt="csv",
+            preprocessing={"first_tr": "TRs before the first word dropped"},
         )
-        runs = resp[0].column("run").to_pylist()
-        return [
-            _summary(
-                responses_uri=str(responses),
-                voxels_uri=str(voxels),
-                responses_version=rv,
-                voxels_version=vv,
-                dataset=self.name,
-                subjects=subs,
-                runs={f"{s}/{r}": runs.count(r) for s in subs for r in stories},
-                n_voxels=len(frois),
-                tr_s=float(self.tr),
-                space="fROI",
-                fmt="csv",
-                preprocessing={"first_tr": "TRs before the first word dropped"},
-                seconds=time.perf_counter() - t0,
-                rois={f: 1 for f in frois},
-            )
-        ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,7 +86,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -145,19 +144,6 @@ def _segment_key(seg: str, movies: list[str]) -> tuple:
     m = _SEGMENT.match(seg)
     movie, num = (m.group("movie"), int(m.group("num"))) if m else (seg, 0)
     return (movies.index(movie) if movie in movies else len(movies), movie, num)
-
-
-def _nifti_tr(header) -> float | None:
-    zooms = header.get_zooms()
-    if len(zooms) < 4 or not zooms[3]:
-        return None
-    tr = float(zooms[3])
-    unit = header.get_xyzt_units()[1]
-    if unit == "msec" or tr > 100:
-        return tr / 1000.0
-    if unit == "usec":
-        return tr / 1e6
-    return tr
 
 
 def _as_list(v: Any) -> list:
@@ -376,6 +362,8 @@ class Movie10(StudyDataset):
             return run
         import nibabel as nib
 
+        from ...ingest import _nifti_tr
+
         img = nib.load(str(run.bold))
         if self.cifti:
             if not isinstance(img, nib.Cifti2Image):
@@ -389,7 +377,7 @@ class Movie10(StudyDataset):
             if len(img.shape) != 4:
                 raise ValueError(f"{run.bold} is a {len(img.shape)}D image, expected 4D (x, y, z, time)")
             run.n_vols = int(img.shape[3])
-            run.tr_s = _nifti_tr(img.header)
+            run.tr_s = _nifti_tr(img)
             run.grid = (tuple(int(s) for s in img.shape[:3]), np.round(np.asarray(img.affine), 3).tolist())
         if run.sidecar is not None:
             try:
@@ -809,9 +797,7 @@ class Movie10(StudyDataset):
         one subject); rows with the same keys are replaced, so a rerun does not duplicate."""
         import pyarrow as pa
 
-        from brainalign.features import open_table
-
-        from ...ingest import IngestSummary, _atomic_new_table
+        from ...ingest import IngestSummary, check_brain_tables, write_brain_tables
 
         say = progress or (lambda _m: None)
         problems = self.check()
@@ -875,39 +861,23 @@ class Movie10(StudyDataset):
                 "mask": str(mask) if mask else None,
                 "atlas": str(self._path_option("atlas") or self._path_option("dlabel") or "") or None,
             }
-            pending = []
-            try:
-                if responses.exists():
-                    rt = open_table(responses)
-                    if rt.table_kind != "responses":
-                        raise RecipeError(f"responses: {responses} is a {rt.table_kind} table")
-                    have = rt.schema.field("bold").type.list_size
-                    if have != n_vox:
-                        raise RecipeError(
-                            f"responses: {responses} holds {have:,} voxels per row, {sub} has {n_vox:,}; "
-                            "write into a new output folder"
-                        )
-                else:
-                    rt, tmp = _atomic_new_table(responses, "responses", n_voxels=n_vox, provenance=provenance)
-                    pending.append((tmp, responses))
-                if voxels.exists():
-                    vt = open_table(voxels)
-                else:
-                    vt, tmp = _atomic_new_table(
-                        voxels,
-                        "voxels",
-                        provenance={"dataset": DATASET, "space": self.space, "reference": ref},
-                    )
-                    pending.append((tmp, voxels))
-                v_version = vt.write(vtab)
-                r_version = rt.write(resp)
-                for tmp, dest in pending:
-                    os.replace(tmp / dest.name, dest)
-                    shutil.rmtree(tmp, ignore_errors=True)
-                pending.clear()
-            finally:
-                for tmp, _ in pending:
-                    shutil.rmtree(tmp, ignore_errors=True)
+            check_brain_tables(
+                responses,
+                voxels,
+                n_vox,
+                rows=f"{sub} has",
+                hint="; write into a new output folder",
+                error=RecipeError,
+            )
+            r_version, v_version = write_brain_tables(
+                responses,
+                resp,
+                voxels,
+                vtab,
+                n_voxels=n_vox,
+                provenance=provenance,
+                voxels_provenance={"dataset": DATASET, "space": self.space, "reference": ref},
+            )
             rois: dict[str, int] = {}
             for r in vtab.column("roi").to_pylist() if "roi" in vtab.column_names else []:
                 rois[str(r)] = rois.get(str(r), 0) + 1

@@ -84,7 +84,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -668,60 +667,45 @@ class NSD(StudyDataset):
         folder and moved into place), after checking that no stale rows of the subject remain."""
         from brainalign.features import open_table
 
-        from ...ingest import _atomic_new_table
+        from ...ingest import write_brain_tables
 
-        pending: list[tuple[Path, Path]] = []
-        try:
-            if responses.exists():
-                rt = open_table(responses)
-                subj = d.subject.replace("'", "''")
-                old = rt.to_table(columns=["run", "tr"], filter=f"dataset = 'nsd' AND subject = '{subj}'")
-                new = {
-                    (r, t)
-                    for r, t in zip(
-                        resp.column("run").to_pylist(), resp.column("tr").to_pylist(), strict=True
-                    )
-                }
-                stale = [
-                    (r, t)
-                    for r, t in zip(old.column("run").to_pylist(), old.column("tr").to_pylist(), strict=True)
-                    if (r, t) not in new
-                ]
-                if stale:
-                    raise RecipeError(
-                        f"responses: {responses} holds {len(stale):,} rows of {d.subject} under other keys "
-                        f"(e.g. run {stale[0][0]!r}, tr {stale[0][1]}): the folds or sessions changed; "
-                        "write to a new output folder"
-                    )
-            else:
-                rt, tmp = _atomic_new_table(responses, "responses", n_voxels=width, provenance=prov)
-                pending.append((tmp, responses))
-            if voxels.exists():
-                vt = open_table(voxels)
-                if vt.table_kind != "voxels":
-                    raise RecipeError(f"voxels: {voxels} is a {vt.table_kind} table")
-                if vt.count_rows(filter=f"subject = '{d.subject}' AND voxel >= {len(vtab)}"):
-                    raise RecipeError(
-                        f"voxels: {voxels} holds more voxels of {d.subject} than its mask now selects "
-                        f"({len(vtab):,}): the mask changed; write to a new output folder"
-                    )
-            else:
-                vt, tmp = _atomic_new_table(
-                    voxels,
-                    "voxels",
-                    provenance={"dataset": "nsd", "space": prov["resolution"], "reference": d.reference},
+        if responses.exists():
+            rt = open_table(responses)
+            subj = d.subject.replace("'", "''")
+            old = rt.to_table(columns=["run", "tr"], filter=f"dataset = 'nsd' AND subject = '{subj}'")
+            new = {
+                (r, t)
+                for r, t in zip(resp.column("run").to_pylist(), resp.column("tr").to_pylist(), strict=True)
+            }
+            stale = [
+                (r, t)
+                for r, t in zip(old.column("run").to_pylist(), old.column("tr").to_pylist(), strict=True)
+                if (r, t) not in new
+            ]
+            if stale:
+                raise RecipeError(
+                    f"responses: {responses} holds {len(stale):,} rows of {d.subject} under other keys "
+                    f"(e.g. run {stale[0][0]!r}, tr {stale[0][1]}): the folds or sessions changed; "
+                    "write to a new output folder"
                 )
-                pending.append((tmp, voxels))
-            v_ver = vt.write(vtab)
-            r_ver = rt.write(resp)
-            for tmp, dest in pending:
-                os.replace(tmp / dest.name, dest)
-                shutil.rmtree(tmp, ignore_errors=True)
-            pending.clear()
-        finally:
-            for tmp, _ in pending:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return r_ver, v_ver
+        if voxels.exists():
+            vt = open_table(voxels)
+            if vt.table_kind != "voxels":
+                raise RecipeError(f"voxels: {voxels} is a {vt.table_kind} table")
+            if vt.count_rows(filter=f"subject = '{d.subject}' AND voxel >= {len(vtab)}"):
+                raise RecipeError(
+                    f"voxels: {voxels} holds more voxels of {d.subject} than its mask now selects "
+                    f"({len(vtab):,}): the mask changed; write to a new output folder"
+                )
+        return write_brain_tables(
+            responses,
+            resp,
+            voxels,
+            vtab,
+            n_voxels=width,
+            provenance=prov,
+            voxels_provenance={"dataset": "nsd", "space": prov["resolution"], "reference": d.reference},
+        )
 
     # ---- ceiling ---------------------------------------------------------------------------
     @staticmethod
