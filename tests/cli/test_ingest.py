@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainalign.cli.ingest import IngestError, discover_bids, explicit_runs, ingest_responses
+from brainalign.cli.ingest import IngestError, discover_bids, explicit_runs, ingest_responses, read_matrix
 from brainalign.cli.report import write_brain_map
 from brainalign.features import open_table
 
@@ -329,18 +329,39 @@ def test_npy_with_tr_table(tmp_path):
     np.testing.assert_allclose(np.stack(got.column("bold").to_numpy(zero_copy_only=False)), Y[12:])
 
 
-def test_h5_needs_h5py(tmp_path):
-    (tmp_path / "bold.h5").write_bytes(b"\x89HDF")
-    with pytest.raises(IngestError, match="h5py"):
-        ingest_responses(
-            explicit_runs([tmp_path / "bold.h5"]),
-            responses=tmp_path / "r.lance",
-            voxels=tmp_path / "v.lance",
-            dataset="d",
-            subject="s",
-            stimulus_set="x",
-            tr=1,
-        )
+def test_h5_matrix_matches_npy(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(3)
+    Y = rng.standard_normal((30, 7)).astype(np.float32)
+    with h5py.File(tmp_path / "bold.h5", "w") as f:
+        f["bold"] = Y
+        f["meta/onsets"] = np.arange(30.0)
+    (tmp_path / "trs.tsv").write_text(
+        "run\ttr\n"
+        + "".join(f"{'a' if i < 12 else 'b'}\t{i % 12 if i < 12 else i - 12}\n" for i in range(30))
+    )
+    common = dict(dataset="m", subject="s1", stimulus_set="x", tr=1.5, tr_table=tmp_path / "trs.tsv")
+    s = ingest_responses(
+        explicit_runs([tmp_path / "bold.h5"]),
+        responses=tmp_path / "h/r.lance",
+        voxels=tmp_path / "h/v.lance",
+        **common,
+    )
+    assert s.runs == {"s1/a": 12, "s1/b": 18}
+    got = open_table(tmp_path / "h/r.lance").to_table(filter="run = 'b'").sort_by("tr")
+    np.testing.assert_allclose(np.stack(got.column("bold").to_numpy(zero_copy_only=False)), Y[12:])
+    # a file with several 2-D datasets needs the name: file.h5:/group/name
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["run1/betas"] = Y
+        f["run1/other"] = Y[:, :3]
+    with pytest.raises(IngestError, match="name the response matrix"):
+        read_matrix(tmp_path / "two.h5")
+    assert read_matrix(Path(f"{tmp_path / 'two.h5'}:/run1/betas")).Y.shape == (30, 7)
+    with pytest.raises(IngestError, match="no dataset"):
+        read_matrix(Path(f"{tmp_path / 'two.h5'}:/nope"))
+    (tmp_path / "bad.h5").write_bytes(b"\x89HDF")
+    with pytest.raises(IngestError, match="truncated or not an HDF5 file"):
+        read_matrix(tmp_path / "bad.h5")
 
 
 # ---- malformed inputs: one clear message naming the argument; nothing written --------------------

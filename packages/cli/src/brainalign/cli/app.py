@@ -522,7 +522,7 @@ def report(
 def responses_ingest(
     bold: Annotated[
         list[Path] | None,
-        typer.Argument(help="BOLD files: 4D NIfTI, .dtseries.nii, .func.gii (both hemispheres), or .npy."),
+        typer.Argument(help="BOLD files: 4D NIfTI, .dtseries.nii, .func.gii (both hemispheres), .npy, or .h5 (FILE.h5:/NAME picks a dataset)."),
     ] = None,
     bids: Annotated[
         Path | None, typer.Option(help="Discover sub-*/func/*_task-*_run-*_bold.* runs under this BIDS tree.")
@@ -553,7 +553,7 @@ def responses_ingest(
         list[Path] | None, typer.Option(help="CIFTI .dlabel.nii, or GIFTI .label.gii per hemisphere.")
     ] = None,
     tr_table: Annotated[
-        Path | None, typer.Option(help="For .npy: CSV/TSV with a run (and tr) per row.")
+        Path | None, typer.Option(help="For .npy or .h5: CSV/TSV with a run (and tr) per row.")
     ] = None,
     detrend: Annotated[
         int | None, typer.Option(help="Remove a polynomial of this order per run (0: mean).")

@@ -8,9 +8,10 @@ Readers (all through nibabel, except plain matrices):
   CIFTI-2 ``.dlabel.nii`` over the same brain models;
 * GIFTI functional files (``.func.gii``), one per hemisphere, left then right, ROI labels from
   GIFTI label files (``.label.gii``) of the same hemisphere;
-* ``.npy`` matrices ``(n_trs, n_voxels)`` with an optional TR table (CSV/TSV with columns
-  ``run`` and/or ``tr``) that splits the rows into runs. ``.h5`` is not supported here because
-  h5py is not a dependency of brainalign.
+* ``.npy`` and HDF5 (``.h5``/``.hdf5``, extra ``hdf5``: h5py) matrices ``(n_trs, n_voxels)``
+  with an optional TR table (CSV/TSV with columns ``run`` and/or ``tr``) that splits the rows
+  into runs. An HDF5 file's matrix is its only 2-D dataset, or the one named ``bold`` or
+  ``data``; ``file.h5:/group/name`` names another.
 
 Every input is read and checked before anything is written; new tables are written into a
 temporary directory next to the destination and moved into place, and rows for existing
@@ -474,21 +475,67 @@ def read_tr_table(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def read_matrix(path: Path) -> Brain:
-    """A ``.npy`` matrix ``(n_trs, n_voxels)``."""
-    if path.suffix in (".h5", ".hdf5"):
+def _is_h5(path: Path) -> bool:
+    """An HDF5 file, or ``file.h5:/dataset`` (a dataset inside one)."""
+    return re.search(r"\.(h5|hdf5)(:|$)", str(path)) is not None
+
+
+def _read_h5(path: Path) -> np.ndarray:
+    """The response matrix of an HDF5 file: ``file.h5:/name`` names the dataset, else the only
+    2-D dataset, or the one called ``bold`` or ``data``."""
+    text = str(path)
+    name = None
+    for ext in (".h5:", ".hdf5:"):
+        if ext in text:
+            head, _, name = text.partition(ext)
+            path = Path(head + ext[:-1])
+    try:
+        import h5py
+    except ImportError:
         raise IngestError(
-            f"bold: {path}: HDF5 input needs h5py, which brainalign does not depend on; "
-            "save the matrix with numpy.save as .npy"
-        )
+            f"bold: {path}: HDF5 input needs h5py (pip install 'brainalign-cli[hdf5]'), "
+            "or save the matrix with numpy.save as .npy"
+        ) from None
     if not path.exists():
         raise IngestError(f"bold: no such file {path}")
     try:
-        Y = np.load(path, allow_pickle=False)
+        with h5py.File(path, "r") as f:
+            found: dict[str, tuple] = {}
+            f.visititems(lambda k, v: found.__setitem__(k, v.shape) if isinstance(v, h5py.Dataset) else None)
+            if name is None:
+                two_d = [k for k, shp in found.items() if len(shp) == 2]
+                named = [k for k in two_d if k.rsplit("/", 1)[-1] in ("bold", "data")]
+                pick = two_d if len(two_d) == 1 else named
+                if len(pick) != 1:
+                    raise IngestError(
+                        f"bold: {path} holds the datasets {found}; name the response matrix as {path}:/NAME"
+                    )
+                name = pick[0]
+            key = name.lstrip("/")
+            if key not in found:
+                raise IngestError(f"bold: {path} has no dataset {name!r}; it holds {sorted(found)}")
+            return np.asarray(f[key][()])
+    except IngestError:
+        raise
     except Exception as exc:
         raise IngestError(
-            f"bold: cannot read {path} (truncated or not a .npy file?): {_one_line(exc)}"
+            f"bold: cannot read {path} (truncated or not an HDF5 file?): {_one_line(exc)}"
         ) from None
+
+
+def read_matrix(path: Path) -> Brain:
+    """A ``.npy`` or HDF5 matrix ``(n_trs, n_voxels)`` (see :func:`_read_h5` for HDF5)."""
+    if _is_h5(path):
+        Y = _read_h5(path)
+    else:
+        if not path.exists():
+            raise IngestError(f"bold: no such file {path}")
+        try:
+            Y = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise IngestError(
+                f"bold: cannot read {path} (truncated or not a .npy file?): {_one_line(exc)}"
+            ) from None
     if Y.ndim == 1:
         Y = Y[:, None]
     if Y.ndim != 2:
@@ -511,9 +558,11 @@ def read_run(ri: RunInput, *, mask=None, atlas=None, atlas_labels=None, labels=(
         if isinstance(img, nib.Cifti2Image):
             return read_cifti(p, dlabel=labels[0] if labels else None)
         return read_nifti(p, mask=mask, atlas=atlas, atlas_labels=atlas_labels)
-    if name.endswith((".npy", ".h5", ".hdf5")):
+    if name.endswith(".npy") or _is_h5(p):
         return read_matrix(p)
-    raise IngestError(f"bold: unsupported file type {p} (expected .nii[.gz], .dtseries.nii, .func.gii, .npy)")
+    raise IngestError(
+        f"bold: unsupported file type {p} (expected .nii[.gz], .dtseries.nii, .func.gii, .npy, .h5)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
