@@ -522,7 +522,9 @@ def report(
 def responses_ingest(
     bold: Annotated[
         list[Path] | None,
-        typer.Argument(help="BOLD files: 4D NIfTI, .dtseries.nii, .func.gii (both hemispheres), .npy, or .h5 (FILE.h5:/NAME picks a dataset)."),
+        typer.Argument(
+            help="BOLD files: 4D NIfTI, .dtseries.nii, .func.gii (both hemispheres), .npy, or .h5 (FILE.h5:/NAME picks a dataset)."
+        ),
     ] = None,
     bids: Annotated[
         Path | None, typer.Option(help="Discover sub-*/func/*_task-*_run-*_bold.* runs under this BIDS tree.")
