@@ -211,10 +211,22 @@ def open_datasets(recipe: Recipe) -> dict[str, StudyDataset]:
 # ---- plan ---------------------------------------------------------------------------------
 def _model_shape(m: ModelSpec) -> tuple[int | None, int | None]:
     """(number of hidden states incl. embeddings, hidden size) from a local config, else (None, None)."""
-    if not m.checkpoint or not _looks_local(m.checkpoint):
+    if not m.checkpoint:
         return None, None
+    if _looks_local(m.checkpoint):
+        path = Path(m.checkpoint).expanduser() / "config.json"
+    else:  # a Hub checkpoint: its config only if it is in the local cache (no network here)
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(m.checkpoint, "config.json", revision=m.revision)
+        except Exception:
+            hit = None
+        if not isinstance(hit, str):
+            return None, None
+        path = Path(hit)
     try:
-        cfg = json.loads((Path(m.checkpoint).expanduser() / "config.json").read_text())
+        cfg = json.loads(path.read_text())
     except (OSError, ValueError):
         return None, None
     for sub in ("text_config", "thinker_config", "llm_config", None):
@@ -293,9 +305,12 @@ def plan_recipe(recipe: Recipe, loaders: dict[str, StudyDataset] | None = None) 
                         plan.partitions.append(
                             {"name": p.name, "model": m.name, "data": d.name, "selections": list(sel)}
                         )
-    plan.storage_bytes = total if known else None
+    plan.storage_bytes = total
     if not known:
-        plan.notes.append("layer counts of Hub checkpoints are read at embed time; storage is not estimated")
+        plan.notes.append(
+            "some checkpoints are neither local nor in the Hugging Face cache: their layer counts are "
+            "read at embed time and the storage estimate leaves them out"
+        )
     return plan
 
 
