@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import toy_study
@@ -165,3 +166,60 @@ def test_recipe_starts_from_published_embeddings(toy, result, tmp_path):
     ]
     for a, b in zip(pulled.tables["instruction ranking"], result.tables["instruction ranking"], strict=True):
         assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+
+
+def test_poolings_are_ranked_apart(toy, result, tmp_path):
+    rec = load_recipe(toy["recipe"], overrides=['models.toy-tuned.pooling=["response", "stimulus"]'])
+    res = run_recipe(rec, tmp_path / "out")
+    rows = {
+        (r["pooling"], r["instruction_id"]): r
+        for r in res.tables["instruction ranking"]
+        if r["model"] == "toy-tuned"
+    }
+    # the response pooling keeps the score it has alone; the noise pooling is ranked on its own
+    for ins in toy_study.INSTRUCTIONS:
+        alone = next(
+            r
+            for r in result.tables["instruction ranking"]
+            if r["model"] == "toy-tuned" and r["instruction_id"] == ins
+        )
+        assert rows[("response", ins)]["score"] == pytest.approx(alone["score"], abs=1e-6)
+        assert rows[("stimulus", ins)]["score"] < 0.1
+    top = next(m for m in res.tables["model comparison"] if m["model"] == "toy-tuned")
+    assert top["best_pooling"] == "response" and top["best_instruction"] == toy_study.PLANTED
+
+
+def test_early_stages_alone_and_baselines_without_the_reference(toy, tmp_path):
+    # ingest only, on a fresh folder: no scores needed
+    run_recipe(load_recipe(toy["recipe"]), tmp_path / "a", stages=["ingest"])
+    assert (tmp_path / "a" / "toy" / "responses.lance").exists()
+    # a model = "*" partition skips a model that lacks the reference instruction
+    rec = load_recipe(
+        toy["recipe"],
+        overrides=['models.toy-base.instructions=["image.vqa"]', "partitions.vs-captioning.model=*"],
+    )
+    res = run_recipe(rec, tmp_path / "b")
+    assert {p["model"] for p in res.tables["partitions"]} == {"toy-tuned"}
+
+
+def test_resume_refuses_another_checkpoint(toy):
+    from brainalign.cli.studies.recipe import ModelSpec
+    from brainalign.cli.studies.runner import _same_checkpoint
+
+    _same_checkpoint(toy["features"], ModelSpec(name="x", modality="image", checkpoint="toy"))
+    with pytest.raises(RecipeError, match="holds embeddings of toy, the recipe now names org/other"):
+        _same_checkpoint(toy["features"], ModelSpec(name="x", modality="image", checkpoint="org/other"))
+
+
+def test_cheap_settings_are_checked_up_front(toy):
+    for bad, msg in (
+        ("fit.folds=blocks:x", "fit.folds"),
+        ("report.aggregate=Median", "report.aggregate"),
+        ("fit.batch=layers", "fit.batch"),
+        ("fit.min_ceiling=2", "fit.min_ceiling"),
+        ("models.toy-base.name=a:b", "models[1] (a:b).name"),
+    ):
+        with pytest.raises(RecipeError, match=re.escape(msg)):
+            load_recipe(toy["recipe"], overrides=[bad])
+    rec = load_recipe(toy["recipe"], overrides=["models.toy-base.revision=20240101", "fit.folds=blocks:3"])
+    assert rec.model("toy-base").revision == "20240101"

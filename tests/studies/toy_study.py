@@ -127,6 +127,24 @@ def build(root: Path, seed: int = 7) -> dict:
             },
             F.astype(np.float32),
         )
+    # a second pooling of toy-tuned that carries no signal: the study tables must keep poolings apart
+    for ins in INSTRUCTIONS:
+        for layer in range(N_LAYERS):
+            store.write(
+                {
+                    "stimulus_set": ["toy"] * n,
+                    "stimulus_id": [f"{r}-{t}" for r, t in zip(runs, trs, strict=True)],
+                    "run": runs.tolist(),
+                    "tr": trs,
+                    "onset_s": trs * TR,
+                    "model": ["toy-tuned"] * n,
+                    "instruction_id": [ins] * n,
+                    "component": ["lm"] * n,
+                    "layer": np.full(n, layer, np.int16),
+                    "pooling": ["stimulus"] * n,
+                },
+                rng.standard_normal((n, DIM)).astype(np.float32),
+            )
     return {"root": root, "features": root / "features.lance"}
 
 

@@ -99,7 +99,6 @@ FIT_KEYS = {
     "standardize",
     "alphas",
     "folds",
-    "ceiling",
     "min_ceiling",
     "allow_trim",
     "batch",
@@ -262,7 +261,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             i += 1
         if isinstance(node, list):
             raise RecipeError(f"set: {key!r} addresses a list; name one entry (e.g. models.NAME.key)")
-        node[parts[-1]] = _parse_value(text.strip())
+        # ids and paths stay strings even when they look like numbers or dates
+        as_text = parts[-1] in ("revision", "pull_revision", "checkpoint", "repo", "table", "root", "name")
+        node[parts[-1]] = text.strip() if as_text else _parse_value(text.strip())
     return raw
 
 
@@ -288,6 +289,36 @@ def fit_preset(fit: Mapping[str, Any]):
     return get_preset(fit.get("preset", "fir4"), **{k: fit[k] for k in PRESET_KEYS if k in fit})
 
 
+def _check_fit(f: Mapping[str, Any], where: str) -> list[str]:
+    """Problems of one fit table (the recipe's ``[fit]`` or a dataset's ``fit`` over it)."""
+    import numpy as np
+
+    from ..fitting import make_folds
+
+    out = []
+    alphas = f.get("alphas")
+    if alphas is not None and (
+        not isinstance(alphas, list)
+        or not alphas
+        or any(not isinstance(a, (int, float)) or isinstance(a, bool) or a <= 0 for a in alphas)
+    ):
+        out.append(f"{where}.alphas: expected a list of positive numbers, got {alphas!r}")
+    try:
+        fit_preset(f)
+    except (ValueError, TypeError) as exc:
+        out.append(f"{where}: {exc}")
+    try:
+        make_folds(str(f.get("folds", "runs")), np.repeat(np.array(["a", "b", "c"]), 400))
+    except (ValueError, TypeError) as exc:
+        out.append(f"{where}.folds: {exc}")
+    if f.get("batch", "instruction") not in ("instruction", "model"):
+        out.append(f"{where}.batch: expected 'instruction' or 'model', got {f.get('batch')!r}")
+    mc = f.get("min_ceiling", 0.0)
+    if not isinstance(mc, (int, float)) or isinstance(mc, bool) or not 0 <= mc < 1:
+        out.append(f"{where}.min_ceiling: expected a number in [0, 1), got {mc!r}")
+    return out
+
+
 def parse_recipe(
     raw: Mapping[str, Any],
     *,
@@ -304,6 +335,10 @@ def parse_recipe(
         # --data replaces the roots: their environment variables need not be set
         for b in [data_raw] if isinstance(data_raw, dict) else data_raw:
             if isinstance(b, dict) and isinstance(b.get("root"), str):
+                whole = re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-([^}]*))?\}", b["root"].strip())
+                if whole:  # "${VAR:-folder}": the folder under --data, whatever VAR holds
+                    b["root"] = whole.group(1)
+                    continue
                 ignored: list[str] = []
                 root = _expand(b["root"], "", ignored)
                 b["root"] = None if ignored else root
@@ -383,8 +418,11 @@ def parse_recipe(
             continue
         _unknown(m, MODEL_KEYS, where, problems)
         mname = str(m.get("name", "")).strip()
-        if not mname:
-            problems.append(f"{where}.name: expected the model name used in the tables")
+        if not re.fullmatch(r"[\w.-]+", mname):
+            problems.append(
+                f"{where}.name: expected the model name used in the tables (letters, digits, '.', '-', '_'), "
+                f"got {mname!r}"
+            )
         source = m.get("source", "table" if "table" in m else "pull" if "repo" in m else "embed")
         if source not in SOURCES:
             problems.append(f"{where}.source: expected one of {list(SOURCES)}, got {source!r}")
@@ -442,23 +480,13 @@ def parse_recipe(
     # ---- fit -------------------------------------------------------------------------------
     fit = dict(raw.get("fit", {}))
     _unknown(fit, FIT_KEYS, "fit", problems)
-    alphas = fit.get("alphas")
-    if alphas is not None and (
-        not isinstance(alphas, list)
-        or not alphas
-        or any(not isinstance(a, (int, float)) or a <= 0 for a in alphas)
-    ):
-        problems.append(f"fit.alphas: expected a list of positive numbers, got {alphas!r}")
     fits = [("fit", fit)] + [
         (f"data ({d.name}).fit", {**fit, **d.options["fit"]})
         for d in data
         if isinstance(d.options.get("fit"), dict)
     ]
     for where, f in fits:
-        try:
-            fit_preset(f)
-        except (ValueError, TypeError) as exc:
-            problems.append(f"{where}: {exc}")
+        problems += _check_fit(f, where)
 
     # ---- partitions ------------------------------------------------------------------------
     parts: list[PartitionSpec] = []
@@ -468,8 +496,10 @@ def parse_recipe(
             problems.append(f"{where}: expected a table")
             continue
         _unknown(p, PARTITION_KEYS, where, problems)
-        if not p.get("name"):
-            problems.append(f"{where}.name: expected a name")
+        if not re.fullmatch(r"[\w.-]+", str(p.get("name", ""))):
+            problems.append(
+                f"{where}.name: expected a name of letters, digits, '.', '-' or '_', got {p.get('name')!r}"
+            )
         if ("reference" in p) == ("spaces" in p):
             problems.append(f"{where}: give either 'reference' (each instruction vs it) or 'spaces'")
         spaces = p.get("spaces")
@@ -496,6 +526,8 @@ def parse_recipe(
     # ---- report ----------------------------------------------------------------------------
     report = dict(raw.get("report", {}))
     _unknown(report, REPORT_KEYS, "report", problems)
+    if report.get("aggregate", "mean") not in ("mean", "median"):
+        problems.append(f"report.aggregate: expected 'mean' or 'median', got {report.get('aggregate')!r}")
     if report.get("format", "html") not in ("html", "md"):
         problems.append(f"report.format: expected 'html' or 'md', got {report.get('format')!r}")
     for pair in report.get("compare", []):

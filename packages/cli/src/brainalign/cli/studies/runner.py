@@ -261,6 +261,10 @@ def plan_recipe(recipe: Recipe, loaders: dict[str, StudyDataset] | None = None) 
             info.update(loader.summary())
             info["test_runs"] = loader.test_runs()
         plan.datasets.append(info)
+        if loader.kind != "fmri":
+            names = [m.name for m in recipe.models_for(d)]
+            plan.notes.append(f"{d.name} ({loader.kind}): analysed at the report stage with {names}")
+            continue
         for m in recipe.models_for(d):
             ids = expand_instructions(m.instructions)
             entry: dict[str, Any] = {"model": m.name, "data": d.name, "source": m.source, "instructions": ids}
@@ -366,6 +370,8 @@ def _features_for(ctx: RunContext, m: ModelSpec, out: Path, say: Progress, *, em
     path = out / "features" / f"{_slug(m.name)}.lance"
     ctx.features[m.name] = path
     ctx.stimulus_sets[m.name] = man.stimulus_set
+    if path.exists():
+        _same_checkpoint(path, m)
     if not embed:
         return
     from brainalign.features.extract import embed as run_embed
@@ -385,6 +391,25 @@ def _features_for(ctx: RunContext, m: ModelSpec, out: Path, say: Progress, *, em
     )
 
 
+def _same_checkpoint(path: Path, m: ModelSpec) -> None:
+    """Refuse to resume into a features table embedded with another checkpoint or revision
+    (resuming skips stored units by their keys, which do not name the checkpoint)."""
+    from brainalign.features import open_table
+
+    prov = open_table(path).provenance
+    old, old_rev = prov.get("model"), prov.get("revision_requested")
+    if (old is not None and str(old) != str(m.checkpoint)) or (
+        m.revision and old_rev and old_rev != m.revision
+    ):
+        raise RecipeError(
+            f"models ({m.name}): {path} holds embeddings of {old}"
+            + (f"@{old_rev}" if old_rev else "")
+            + f", the recipe now names {m.checkpoint}"
+            + (f"@{m.revision}" if m.revision else "")
+            + "; write to a new --out folder or give the model a new name"
+        )
+
+
 def _stimulus_set_of(path: Path, model: str, ctx: RunContext) -> str:
     from brainalign.features import open_table
 
@@ -394,8 +419,14 @@ def _stimulus_set_of(path: Path, model: str, ctx: RunContext) -> str:
     )
     if not sets:
         raise RecipeError(f"models ({model}): the features table {path} has no rows with model = {model!r}")
-    want = [s for s in sets if s.startswith(ctx.data.dataset) or s.startswith(ctx.data.name)]
-    return (want or sets)[0]
+    exact = [s for s in sets if s in (ctx.data.name, ctx.data.dataset)]
+    prefix = [s for s in sets if s.startswith(ctx.data.name) or s.startswith(ctx.data.dataset)]
+    if not exact and len(prefix) > 1:
+        raise RecipeError(
+            f"models ({model}): the features table {path} holds the stimulus sets {sets}; "
+            f"name the dataset after one of them ([[data]] name) so the right one is joined"
+        )
+    return (exact or prefix or sets)[0]
 
 
 def fit_settings(recipe: Recipe, data: DataSpec) -> dict[str, Any]:
@@ -489,18 +520,36 @@ def _detect_metric(ctx: RunContext) -> str:
     return "r_norm" if n else "r"
 
 
-def best_layers(ctx: RunContext) -> dict[tuple[str, str], int]:
-    """(model, instruction_id) -> the layer with the best aggregate score (over subjects)."""
+def layer_scores(ctx: RunContext) -> dict[tuple[str, str, str, str, int], float]:
+    """(model, instruction_id, component, pooling, layer) -> aggregate held-out score of the
+    fit, averaged over subjects (the score of the study tables)."""
     agg = _score_expr(ctx)
     rows = _query(
         ctx,
-        f"""WITH per AS (SELECT subject, model, instruction_id, component, layer, {agg}({ctx.metric}) AS score
+        f"""WITH per AS (SELECT subject, model, instruction_id, component, pooling, layer,
+                                {agg}({ctx.metric}) AS score
                          FROM scores s SEMI JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
-                         WHERE fit = {_q(ctx.fit)} GROUP BY ALL),
-                a AS (SELECT model, instruction_id, component, layer, avg(score) AS score FROM per GROUP BY ALL)
-            SELECT model, instruction_id, arg_max(layer, score) AS layer FROM a GROUP BY ALL""",
+                         WHERE fit = {_q(ctx.fit)} GROUP BY ALL)
+            SELECT model, instruction_id, component, pooling, layer, avg(score) AS score FROM per GROUP BY ALL""",
     ).to_pylist()
-    return {(r["model"], r["instruction_id"]): int(r["layer"]) for r in rows}
+    return {
+        (r["model"], r["instruction_id"], r["component"], r["pooling"], int(r["layer"])): r["score"]
+        for r in rows
+        if r["score"] is not None
+    }
+
+
+def partition_layer(
+    scores: dict, model: str, instructions: Sequence[str], comp: str, pool: str
+) -> int | None:
+    """The layer of a partition: where the selections' instructions predict best on average
+    (symmetric in the selections, so no selection is favoured); ``None`` without scores."""
+    by_layer: dict[int, list[float]] = {}
+    for (m, ins, c, p, layer), v in scores.items():
+        if m == model and c == comp and p == pool and ins in instructions:
+            by_layer.setdefault(layer, []).append(v)
+    full = {k: np.mean(v) for k, v in by_layer.items() if len(v) == len(set(instructions))}
+    return max(full, key=full.get) if full else None
 
 
 def _partition_selections(p: PartitionSpec, m: ModelSpec, layer: Any):
@@ -509,6 +558,8 @@ def _partition_selections(p: PartitionSpec, m: ModelSpec, layer: Any):
         yield dict(p.spaces)
         return
     ids = expand_instructions(m.instructions)
+    if p.reference not in ids:
+        return  # e.g. a baseline without prompts under model = "*"
     others = p.instructions or [i for i in ids if i != p.reference]
     for ins in others:
         if ins == p.reference or ins not in ids:
@@ -538,7 +589,7 @@ def _partition(ctx: RunContext, say: Progress) -> None:
     from ..partition import partition_variance
 
     recipe = ctx.recipe
-    best = best_layers(ctx)
+    scores = layer_scores(ctx)
     fit = fit_settings(recipe, ctx.data)
     preset = fit_preset(fit)
     for p in recipe.partitions:
@@ -547,23 +598,28 @@ def _partition(ctx: RunContext, say: Progress) -> None:
                 continue
             comp, pool = _space_columns(ctx, m)
             for sel in _partition_selections(p, m, p.layer):
-                full = {}
-                for name, where in sel.items():
-                    ins = re.search(r"instruction_id\s*=\s*'([^']*)'", where)
-                    layer = p.layer
-                    if layer == "best":
-                        # the layer where the partition's first selection predicts best
-                        key = (m.name, ins.group(1) if ins else None)
-                        layer = best.get(key)
-                        if layer is None:
-                            layer = max((v for (mm, _), v in best.items() if mm == m.name), default=0)
-                    full[name] = (
-                        f"({where}) AND model = {_q(m.name)} AND component = {_q(comp)} AND pooling = {_q(pool)} "
-                        f"AND stimulus_set = {_q(ctx.stimulus_sets[m.name])} AND layer = {int(layer)}"
+                ids = [
+                    x.group(1) for w in sel.values() if (x := re.search(r"instruction_id\s*=\s*'([^']*)'", w))
+                ]
+                layer = p.layer
+                if layer == "best":
+                    # symmetric in the selections: the layer where they predict best on average
+                    layer = partition_layer(
+                        scores, m.name, ids or expand_instructions(m.instructions), comp, pool
                     )
-                # one layer for every selection: the first selection's best layer
-                first_layer = re.search(r"layer = (\d+)$", next(iter(full.values()))).group(1)
-                full = {k: re.sub(r"layer = \d+$", f"layer = {first_layer}", v) for k, v in full.items()}
+                    if layer is None:
+                        raise RecipeError(
+                            f"partitions ({p.name}): no scores of {m.name} for {ids} to choose a layer "
+                            "from; run the fit stage first, or give layer = N"
+                        )
+                first_layer = int(layer)
+                full = {
+                    name: (
+                        f"({where}) AND model = {_q(m.name)} AND component = {_q(comp)} AND pooling = {_q(pool)} "
+                        f"AND stimulus_set = {_q(ctx.stimulus_sets[m.name])} AND layer = {first_layer}"
+                    )
+                    for name, where in sel.items()
+                }
                 fit_name = f"{ctx.fit}:{p.name}:{m.name}:{'+'.join(sel)}"
                 for subject in ctx.subjects:
                     say(f"partitioning {list(sel)} of {m.name} at layer {first_layer} for {subject}")
@@ -599,24 +655,30 @@ def study_tables(ctx: RunContext) -> dict[str, list[dict]]:
     agg = _score_expr(ctx)
     groups = {m.name: m.group for m in ctx.models}
     dataset = ctx.data.name
+    names = ", ".join(_q(m.name) for m in ctx.models) or "NULL"
+    keep = (
+        f"s.fit = {_q(ctx.fit)} AND s.model IN ({names})"  # rows of models no longer in the recipe stay out
+    )
     per = f"""per AS (SELECT s.subject, coalesce(v.roi, 'unlabelled') AS roi, s.model, s.instruction_id,
-                             s.component, s.layer,
-                             {agg}(s.{ctx.metric}) AS score
+                             s.component, s.pooling, s.layer, {agg}(s.{ctx.metric}) AS score
                       FROM scores s JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
-                      WHERE s.fit = {_q(ctx.fit)} GROUP BY ALL)"""
-    whole = f"""whole AS (SELECT subject, model, instruction_id, component, layer, {agg}({ctx.metric}) AS score
-                        FROM scores s SEMI JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
-                        WHERE fit = {_q(ctx.fit)} GROUP BY ALL)"""
+                      WHERE {keep} GROUP BY ALL)"""
+    whole = f"""whole AS (SELECT s.subject, s.model, s.instruction_id, s.component, s.pooling, s.layer,
+                                {agg}(s.{ctx.metric}) AS score
+                         FROM scores s SEMI JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
+                         WHERE {keep} GROUP BY ALL)"""
+    # per (model, pooling): instructions ranked by the score of their best (component, layer)
     ranking = _query(
         ctx,
         f"""WITH {whole},
-                a AS (SELECT model, instruction_id, component, layer, avg(score) AS score FROM whole GROUP BY ALL),
-                b AS (SELECT model, instruction_id, arg_max(component, score) AS best_component,
+                a AS (SELECT model, instruction_id, component, pooling, layer, avg(score) AS score
+                      FROM whole GROUP BY ALL),
+                b AS (SELECT model, pooling, instruction_id, arg_max(component, score) AS best_component,
                              arg_max(layer, score) AS best_layer, max(score) AS score
                       FROM a GROUP BY ALL)
-            SELECT model, instruction_id, best_component AS component, best_layer, score,
-                   rank() OVER (PARTITION BY model ORDER BY score DESC) AS rank
-            FROM b ORDER BY model, rank""",
+            SELECT model, pooling, instruction_id, best_component AS component, best_layer, score,
+                   rank() OVER (PARTITION BY model, pooling ORDER BY score DESC) AS rank
+            FROM b ORDER BY model, pooling, rank""",
     ).to_pylist()
     instruction_ranking = [
         {
@@ -629,13 +691,15 @@ def study_tables(ctx: RunContext) -> dict[str, list[dict]]:
     ]
     models = []
     for name in dict.fromkeys(r["model"] for r in ranking):
-        top = next(r for r in ranking if r["model"] == name and r["rank"] == 1)
+        rows = [r for r in ranking if r["model"] == name]
+        top = max(rows, key=lambda r: -np.inf if r["score"] is None else r["score"])
         models.append(
             {
                 "dataset": dataset,
                 "model": name,
                 "group": groups.get(name, ""),
                 "best_instruction": top["instruction_id"],
+                "best_pooling": top["pooling"],
                 "best_component": top["component"],
                 "best_layer": top["best_layer"],
                 "score": top["score"],
@@ -645,7 +709,8 @@ def study_tables(ctx: RunContext) -> dict[str, list[dict]]:
     roi_rows = _query(
         ctx,
         f"""WITH {per},
-                a AS (SELECT roi, model, instruction_id, component, layer, avg(score) AS score FROM per GROUP BY ALL)
+                a AS (SELECT roi, model, instruction_id, component, pooling, layer, avg(score) AS score
+                      FROM per GROUP BY ALL)
             SELECT roi, model, max(score) AS score FROM a GROUP BY ALL ORDER BY roi, model""",
     ).to_pylist()
     for r in models:
@@ -843,6 +908,8 @@ def run_recipe(
         if "fit" in stages:
             _fit(ctx, say)
         seconds["fit"] += time.perf_counter() - t
+        if not ({"partition", "report"} & set(stages)):
+            continue
         if not ctx.tables["scores"].exists():
             raise RecipeError(f"fit: no scores table at {ctx.tables['scores']}; run the fit stage first")
         ctx.metric = _detect_metric(ctx)
@@ -887,7 +954,7 @@ def _known_partition_fits(ctx: RunContext) -> list[dict]:
     if not ctx.tables["partitions"].exists():
         return []
     rows = _query(
-        ctx, f"SELECT DISTINCT fit FROM partitions WHERE fit LIKE {_q(ctx.fit + ':%')} ORDER BY fit"
+        ctx, f"SELECT DISTINCT fit FROM partitions WHERE starts_with(fit, {_q(ctx.fit + ':')}) ORDER BY fit"
     ).to_pylist()
     out = []
     for r in rows:
