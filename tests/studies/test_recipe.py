@@ -223,3 +223,23 @@ def test_cheap_settings_are_checked_up_front(toy):
             load_recipe(toy["recipe"], overrides=[bad])
     rec = load_recipe(toy["recipe"], overrides=["models.toy-base.revision=20240101", "fit.folds=blocks:3"])
     assert rec.model("toy-base").revision == "20240101"
+
+
+def test_layers_are_fitted_in_chunks_under_a_small_memory_budget(toy, result, tmp_path):
+    from brainalign.cli.studies.runner import _layer_chunks
+
+    rec = load_recipe(toy["recipe"], overrides=["fit.max_gb=0.000001"])
+    res = run_recipe(rec, tmp_path / "out", stages=["ingest", "fit", "report"])
+    ctx = res.contexts["toy"]
+    assert _layer_chunks(ctx, rec.model("toy-tuned"), toy_study_preset(), 1e-6) == [[0], [1], [2], [3]]
+    assert len(ctx.summaries) == 2 * 2 * 2 * 4  # subjects x models x instructions x layer chunks
+    key = ("model", "instruction_id", "best_layer", "rank")
+    assert [[r[k] for k in key] for r in res.tables["instruction ranking"]] == [
+        [r[k] for k in key] for r in result.tables["instruction ranking"]
+    ]
+
+
+def toy_study_preset():
+    from brainalign.cli.align import get_preset
+
+    return get_preset("fir4")

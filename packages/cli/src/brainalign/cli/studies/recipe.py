@@ -102,6 +102,7 @@ FIT_KEYS = {
     "min_ceiling",
     "allow_trim",
     "batch",
+    "max_gb",
 }
 PARTITION_KEYS = {"name", "model", "layer", "reference", "spaces", "instructions", "correction"}
 REPORT_KEYS = {"format", "compare", "maps", "max_maps", "aggregate"}
@@ -313,6 +314,9 @@ def _check_fit(f: Mapping[str, Any], where: str) -> list[str]:
         out.append(f"{where}.folds: {exc}")
     if f.get("batch", "instruction") not in ("instruction", "model"):
         out.append(f"{where}.batch: expected 'instruction' or 'model', got {f.get('batch')!r}")
+    gb = f.get("max_gb", 16.0)
+    if not isinstance(gb, (int, float)) or isinstance(gb, bool) or gb <= 0:
+        out.append(f"{where}.max_gb: expected a positive number of GiB for one batched fit, got {gb!r}")
     mc = f.get("min_ceiling", 0.0)
     if not isinstance(mc, (int, float)) or isinstance(mc, bool) or not 0 <= mc < 1:
         out.append(f"{where}.min_ceiling: expected a number in [0, 1), got {mc!r}")

@@ -447,8 +447,10 @@ def _fit(ctx: RunContext, say: Progress) -> None:
     # shape), which bounds memory for 7B models (e.g. 33 layers x 10k images x 4096 dims);
     # [fit] batch = "model" fits all of a model's instructions in one call instead
     per_model = fit.get("batch", "instruction") == "model"
+    # and the layers of one call in chunks that fit the memory budget ([fit] max_gb)
+    chunks = {m.name: _layer_chunks(ctx, m, preset, float(fit.get("max_gb", 16.0))) for m in ctx.models}
     calls = [
-        (subject, m, ids)
+        (subject, m, ids, layers)
         for subject in ctx.subjects
         for m in ctx.models
         for ids in (
@@ -456,13 +458,16 @@ def _fit(ctx: RunContext, say: Progress) -> None:
             if per_model
             else [[i] for i in expand_instructions(m.instructions)]
         )
+        for layers in chunks[m.name]
     ]
     ceilings: dict[str, Any] = {}
-    for done, (subject, m, ids) in enumerate(calls):
+    for done, (subject, m, ids, layers) in enumerate(calls):
         runs_where, test_runs = _subject_scope(loader, subject)
         if subject not in ceilings:
             ceilings[subject] = loader.ceiling(ctx.tables["responses"], subject)
         what = m.name if per_model else f"{m.name} / {ids[0]}"
+        if len(chunks[m.name]) > 1:
+            what += f", layers {layers[0]}-{layers[-1]}"
         tick(
             say,
             "fits",
@@ -481,6 +486,7 @@ def _fit(ctx: RunContext, say: Progress) -> None:
             model=m.name,
             instruction=ids,
             pooling=list(m.pooling),
+            layer=layers,
             where=f"stimulus_set = {_q(ctx.stimulus_sets[m.name])}{runs_where}",
             preset=preset,
             alphas=fit.get("alphas", DEFAULT_ALPHAS),
@@ -492,6 +498,35 @@ def _fit(ctx: RunContext, say: Progress) -> None:
         )
         ctx.summaries.append(s)
     tick(say, "fits", len(calls), len(calls), unit="fit")
+
+
+def _layer_chunks(ctx: RunContext, m: ModelSpec, preset, max_gb: float) -> list[list[int] | None]:
+    """The layers of ``m`` in groups whose batched fit fits in ``max_gb`` (``[None]``: all at
+    once). Per layer, one call holds the design (samples x features x delays, a few copies while
+    aligning), the weights (features x delays x voxels) and the test predictions."""
+    from brainalign.features import open_table
+
+    t = open_table(ctx.features[m.name])
+    dim = t.schema.field("embedding").type.list_size
+    keys = t.to_table(
+        columns=["layer", "component", "pooling"],
+        filter=f"model = {_q(m.name)} AND stimulus_set = {_q(ctx.stimulus_sets[m.name])}",
+    )
+    layers = sorted(set(keys.column("layer").to_pylist()))
+    if not layers:
+        return [None]
+    info = ctx.dataset.summary()
+    n, v = int(info.get("n_samples", 0) or 0), int(info.get("n_voxels", 0) or 0)
+    spaces_per_layer = max(
+        1,
+        len(set(zip(keys.column("component").to_pylist(), keys.column("pooling").to_pylist(), strict=True))),
+    )
+    p = (preset.pca or dim) * len(preset.delays)
+    per_layer = spaces_per_layer * 4 * (3 * n * p + p * v + 2 * n * v)
+    k = max(1, int(max_gb * 2**30 // max(per_layer, 1)))
+    if k >= len(layers):
+        return [None]
+    return [layers[i : i + k] for i in range(0, len(layers), k)]
 
 
 def _subject_scope(loader: StudyDataset, subject: str) -> tuple[str, list[str]]:

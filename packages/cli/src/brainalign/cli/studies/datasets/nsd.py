@@ -464,6 +464,14 @@ class NSD(StudyDataset):
     def test_runs(self) -> list[str]:
         return [TEST_RUN]
 
+    def subject_runs(self, subject: str) -> list[str]:
+        """The runs of one subject: the shared ``"test"`` run and the subject's own folds
+        (``"subjNN-foldK"``), from the design alone (no betas are read). A subject's fits join
+        only these runs of the features table, not the images the other subjects saw."""
+        code = subject_code(subject)
+        own = set(self.groups(code).values()) if int(code[4:]) <= self.design.subjectim.shape[0] else set()
+        return sorted(own | {TEST_RUN}, key=lambda r: (r != TEST_RUN, r))
+
     # ---- responses -------------------------------------------------------------------------
     def _labels(self, code: str, sel: np.ndarray, nib) -> np.ndarray:
         labels = np.full(int(sel.sum()), None, dtype=object)
