@@ -226,3 +226,37 @@ def test_standardize_uses_training_statistics_only():
     want = (X - Xt.mean(1, keepdims=True)) / Xt.std(1, keepdims=True)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(out[:, :30].mean(1), 0, atol=1e-5)
+
+
+def test_standardize_comes_before_pca():
+    from brainalign.cli.fitting import design
+
+    rng = np.random.default_rng(1)
+    n, train = 60, np.arange(60) < 45
+    runs = np.array(["a"] * n)
+    shared = rng.standard_normal((n, 1))
+    X = np.concatenate(
+        [
+            shared + 0.3 * rng.standard_normal((n, 5)),  # five features with one common factor
+            1e4 * rng.standard_normal((n, 1)),  # and one unrelated feature of huge variance
+        ],
+        axis=1,
+    )[None]
+    X[:, ~train] += 50.0  # test rows must not leak into the statistics or the components
+    out = design(X, runs, train, get_preset("none", standardize=True, pca=3))
+    Xt = X[0, train]
+    Z = (X[0] - Xt.mean(0)) / Xt.std(0)
+    _, _, Vt = np.linalg.svd(Z[train], full_matrices=False)  # Z[train] has zero column means
+    want = Z @ Vt[:3].T
+    assert out.shape == (1, n, 3)
+    np.testing.assert_allclose(np.abs(out[0]), np.abs(want), rtol=1e-4, atol=1e-4)
+
+    def first(D):  # |correlation| of the first component with the huge feature
+        return abs(np.corrcoef(D[0, train, 0], X[0, train, -1])[0, 1])
+
+    # z-scored first: the first component is the common factor, not the huge feature
+    assert first(out) < 0.3 and abs(np.corrcoef(out[0, train, 0], shared[train, 0])[0, 1]) > 0.95
+    # PCA alone is unchanged: its first component is the huge feature
+    alone = design(X, runs, train, get_preset("none", pca=3))
+    assert first(alone) > 0.999
+    np.testing.assert_allclose(np.abs(alone), np.abs(pca_train(X, train, 3)), rtol=1e-5, atol=1e-3)

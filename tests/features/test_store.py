@@ -318,3 +318,102 @@ def test_schemas_carry_kind_and_keys():
         )
         assert schema.metadata[schemas.KIND_KEY].decode() == kind
         assert set(keys) <= set(schema.names) and schema.names[0] == "key"
+
+
+def _score_rows(fit: str, subject: str, r: float, n_voxels: int = 3) -> pa.Table:
+    n = 2 * n_voxels
+    return pa.table(
+        {
+            "fit": [fit] * n,
+            "subject": [subject] * n,
+            "model": ["m"] * n,
+            "instruction_id": ["i"] * n,
+            "component": ["lm"] * n,
+            "layer": [0] * n_voxels + [1] * n_voxels,
+            "pooling": ["mean"] * n,
+            "voxel": list(range(n_voxels)) * 2,
+            "split": ["test"] * n,
+            "r": [r] * n,
+        }
+    )
+
+
+def test_rewriting_a_scores_slice_reads_only_its_keys_and_leaves_other_fits(tmp_path, monkeypatch):
+    scores = create_table(tmp_path / "scores.lance", "scores", provenance={"fit": "f"})
+    fits, subjects = ("a", "b", "it's"), ("s1", "s2")
+    for fit in fits:
+        for subject in subjects:
+            scores.write(_score_rows(fit, subject, 0.1))
+    filters = []
+    commit = Table.commit_fragments
+
+    def spy(self, fragments, *, filter=None):
+        filters.append(filter)
+        return commit(self, fragments, filter=filter)
+
+    monkeypatch.setattr(Table, "commit_fragments", spy)
+    scores.write(_score_rows("it's", "s2", 0.5))
+    # the stored keys are looked up in this slice only; a quote in a value is escaped
+    assert filters == [
+        "fit IN ('it''s') AND subject IN ('s2') AND model IN ('m') AND instruction_id IN ('i')"
+    ]
+    t = scores.to_table(columns=["fit", "subject", "r"])
+    assert len(t) == len(fits) * len(subjects) * 6 and scores.verify()["ok"]
+    for row in t.to_pylist():
+        assert row["r"] == pytest.approx(0.5 if (row["fit"], row["subject"]) == ("it's", "s2") else 0.1)
+    # a key value holding the key separator could share its key with other column values:
+    # no narrowing then, and the write still replaces the rows with the same keys
+    scores.write(_score_rows("a|b", "s1", 0.2))
+    scores.write(_score_rows("a|b", "s1", 0.3))
+    assert filters[-2:] == [None, None]
+    assert scores.count_rows("fit = 'a|b'") == 6 and scores.verify()["ok"]
+    # rows passed with their own keys are not narrowed either
+    own = scores.to_table(filter="fit = 'b' AND subject = 's1'")
+    scores.write(own.set_column(own.schema.get_field_index("r"), "r", pa.array([0.7] * 6, pa.float32())))
+    assert filters[-1] is None
+    assert scores.count_rows() == (len(fits) * len(subjects) + 1) * 6
+    assert scores.count_rows("fit = 'b' AND subject = 's1' AND r > 0.6") == 6
+
+
+def test_partition_writes_narrow_by_fit_and_subject(tmp_path, monkeypatch):
+    parts = create_table(tmp_path / "partitions.lance", "partitions", provenance={"fit": "f"})
+
+    def rows(fit, subject, r2):
+        return pa.table(
+            {
+                "fit": [fit] * 4,
+                "subject": [subject] * 4,
+                "spaces": ["a+b"] * 4,
+                "region": ["a", "a", "shared", "shared"],
+                "voxel": [0, 1, 0, 1],
+                "r2": [r2] * 4,
+            }
+        )
+
+    for fit in ("f1", "f2"):
+        parts.write(rows(fit, "s1", 0.1))
+    filters = []
+    commit = Table.commit_fragments
+    monkeypatch.setattr(
+        Table,
+        "commit_fragments",
+        lambda self, frags, *, filter=None: (filters.append(filter), commit(self, frags, filter=filter))[1],
+    )
+    parts.write(rows("f2", "s1", 0.4))
+    assert filters == ["fit IN ('f2') AND subject IN ('s1')"]
+    t = parts.to_table(columns=["fit", "r2"])
+    assert len(t) == 8 and parts.verify()["ok"]
+    assert sorted({(r["fit"], round(r["r2"], 3)) for r in t.to_pylist()}) == [("f1", 0.1), ("f2", 0.4)]
+
+
+def test_narrowing_columns_are_required_key_columns():
+    from brainalign.features.store import NARROW_BY
+
+    for kind, cols in NARROW_BY.items():
+        schema = (
+            schemas.responses_schema(3)
+            if kind == "responses"
+            else (schemas.features_schema(4) if kind == "features" else getattr(schemas, f"{kind}_schema")())
+        )
+        assert set(cols) <= set(schemas.KEYS_BY_KIND[kind])
+        assert not any(schema.field(c).nullable for c in cols)

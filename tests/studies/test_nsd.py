@@ -226,7 +226,7 @@ def test_recipe_declares_the_study(tmp_path):
             and expand_instructions(m.instructions) == image
         )
     assert {m.group for m in rec.models} == {"instruction-tuned", "non-instruction-tuned"}
-    assert rec.fit["preset"] == "none" and rec.fit["zscore"] is True and rec.fit["allow_trim"] is True
+    assert rec.fit["preset"] == "none" and rec.fit["zscore"] is True and "allow_trim" not in rec.fit
     (p,) = rec.partitions
     assert p.reference == "image.captioning" and p.layer == "best" and p.model == "*"
     assert rec.report["compare"] == [["blip2-opt-6.7b", "instructblip-vicuna-7b"]]

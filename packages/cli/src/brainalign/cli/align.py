@@ -6,10 +6,13 @@ applies a preset's per-run steps. The order, for every feature space, is
 
 1. Lanczos resampling of word-level features onto the TR grid (:func:`lanczos_resample`,
    done at join time because it creates the TR keys);
-2. PCA fitted on the training samples only (:func:`pca_train`);
-3. z-scoring within each run (features and responses);
-4. FIR delays / HRF shift (``delays``), never across run boundaries;
-5. trimming of ``trim_start``/``trim_end`` TRs of every run (:func:`keep_mask`).
+2. standardisation of every feature with the training samples' mean and standard deviation
+   (:func:`standardize_train`, when the preset sets ``standardize``);
+3. PCA fitted on the training samples only (:func:`pca_train`), on the standardised features
+   when both are set;
+4. z-scoring within each run (features and responses);
+5. FIR delays / HRF shift (``delays``), never across run boundaries;
+6. trimming of ``trim_start``/``trim_end`` TRs of every run (:func:`keep_mask`).
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ class AlignmentPreset:
         is an HRF shift.
     zscore : z-score features and responses within each run.
     trim_start, trim_end : TRs dropped at the start and end of every run (after delaying).
-    pca : number of principal components per space, fitted on training samples only (None: off).
+    pca : number of principal components per space, fitted on training samples only (None: off);
+        fitted on the standardised features when ``standardize`` is set.
     lanczos_window : Lanczos window (in lobes) for resampling word-level features (rows with
         no ``tr``, timed by ``onset_s``) onto the TRs of the responses (None: features must
         already be per TR).
     standardize : z-score every feature with the mean and standard deviation of the training
-        samples (after PCA, before delays); for trial-level data where per-run z-scoring does not
-        apply, and for LLM states with a few very large dimensions.
+        samples (before PCA, so that every feature weighs the same in the components, and
+        before delays); for trial-level data where per-run z-scoring does not apply, and for
+        LLM states with a few very large dimensions.
     """
 
     name: str
@@ -177,8 +182,9 @@ def keep_mask(runs: np.ndarray, trim_start: int, trim_end: int) -> np.ndarray:
 def prepare_design(X: np.ndarray, runs: np.ndarray, preset: AlignmentPreset) -> np.ndarray:
     """Optionally z-score (within runs), then delay ``X (..., n_samples, n_features)``.
 
-    Returns ``(..., n_samples, n_features * len(delays))``; PCA and trimming are left to the
-    caller (:func:`pca_train`, :func:`keep_mask`), which knows the training rows.
+    Returns ``(..., n_samples, n_features * len(delays))``; standardisation, PCA and trimming are
+    left to the caller (:func:`standardize_train`, :func:`pca_train`, :func:`keep_mask`), which
+    knows the training rows.
     """
     lead = X.shape[:-2]
     flat = X.reshape(-1, *X.shape[-2:])

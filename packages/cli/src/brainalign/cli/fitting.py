@@ -183,12 +183,16 @@ def split_runs(all_runs: list[str], test_runs: Sequence[str]) -> tuple[list[str]
 
 
 def design(X: np.ndarray, runs: np.ndarray, train: np.ndarray, pre: AlignmentPreset) -> np.ndarray:
-    """PCA (fitted on ``train`` rows), standardisation with training statistics, then
-    z-scoring per run and delays: ``(n_spaces, n, p)``."""
-    if pre.pca:
-        X = pca_train(X, train, pre.pca)
+    """Standardisation with training statistics, PCA (fitted on ``train`` rows), then
+    z-scoring per run and delays: ``(n_spaces, n, p)``.
+
+    Standardising first lets every feature weigh the same in the components, so that a few
+    very large dimensions (LLM hidden states have some) do not make up the first components.
+    """
     if pre.standardize:
         X = standardize_train(X, train)
+    if pre.pca:
+        X = pca_train(X, train, pre.pca)
     return prepare_design(X, runs, pre)
 
 

@@ -53,6 +53,19 @@ FEATURE_ORDER = (
     "stimulus_id",
 )
 
+#: Key columns per table kind that narrow the search for stored rows a write replaces
+#: (:meth:`Table._write_filter`): required, and with few distinct values in one write.
+NARROW_BY = {
+    "features": ("model", "instruction_id", "layer"),
+    "generations": ("stimulus_set", "model", "instruction_id"),
+    "responses": ("dataset", "subject"),
+    "voxels": ("dataset", "subject"),
+    "scores": ("fit", "subject", "model", "instruction_id"),
+    "partitions": ("fit", "subject"),
+}
+#: A narrowing column with more distinct values in one write is left out of the filter.
+MAX_NARROW_VALUES = 1000
+
 _SCHEMAS = {
     "generations": lambda **_: schemas.generations_schema(),
     "voxels": lambda **_: schemas.voxels_schema(),
@@ -413,7 +426,31 @@ class Table:
         return self._ds.version
 
     def _write_filter(self, data: pa.Table) -> str | None:
-        return None
+        """A SQL predicate that every stored row sharing a key with ``data`` satisfies, so that
+        :meth:`commit_fragments` reads only those rows' keys; None (read every key) if unsure.
+
+        ``data`` is conformed, its keys derived from its key columns. A key joins the key
+        columns with ``|``: when no written key value contains ``|``, a stored row with the same
+        key has the same value in every key column, so the distinct written values of the
+        required, few-valued key columns in :data:`NARROW_BY` select every row a write replaces.
+        """
+        schema = self._ds.schema
+        cols = [
+            c for c in NARROW_BY.get(self._kind(), ()) if c in schema.names and not schema.field(c).nullable
+        ]
+        if not cols or not len(data):
+            return None
+        n_keys = len(schemas.KEYS_BY_KIND[self._kind()])
+        key = data.column("key")
+        seps = pc.count_substring(key, "|")
+        if pc.min(seps).as_py() != n_keys - 1 or pc.max(seps).as_py() != n_keys - 1:
+            return None  # a key value holds "|": another split of the key could match
+        preds = []
+        for c in cols:
+            values = pc.unique(data.column(c)).to_pylist()
+            if len(values) <= MAX_NARROW_VALUES:
+                preds.append(_in(c, values))
+        return " AND ".join(preds) or None
 
     def write(self, data: pa.Table, *, max_bytes_per_file: int | None = None) -> int:
         """Insert rows, replacing any row with the same key (idempotent). Returns the new version.
@@ -425,11 +462,12 @@ class Table:
                 f"this handle is read-only (a checkout of version {self.version}, or a table pulled into "
                 "the download cache); write through Table.open(uri) at the latest version"
             )
+        derived = "key" not in data.column_names  # rows passed with their own keys: no narrowing
         data = self._conform(data)
         if len(data) == 0:
             return self._ds.version
         frags = self.write_fragments(data, max_bytes_per_file=max_bytes_per_file)
-        return self.commit_fragments(frags, filter=self._write_filter(data))
+        return self.commit_fragments(frags, filter=self._write_filter(data) if derived else None)
 
     def delete(self, predicate: str) -> int:
         """Delete rows matching a SQL predicate; returns the new version."""
@@ -670,12 +708,6 @@ class FeatureStore(Table):
         """Write a shard's rows as uncommitted data files; see :meth:`Table.commit_fragments`."""
         return super().write_fragments(
             self._with_embeddings(keys, embeddings), max_bytes_per_file=max_bytes_per_file
-        )
-
-    def _write_filter(self, data: pa.Table) -> str | None:
-        # only stored rows of the groups being written can share a key with them
-        return " AND ".join(
-            _in(c, pc.unique(data.column(c)).to_pylist()) for c in ("model", "instruction_id", "layer")
         )
 
     def read(

@@ -516,7 +516,12 @@ def _layer_chunks(ctx: RunContext, m: ModelSpec, preset, max_gb: float) -> list[
     if not layers:
         return [None]
     info = ctx.dataset.summary()
-    n, v = int(info.get("n_samples", 0) or 0), int(info.get("n_voxels", 0) or 0)
+
+    # Per-subject datasets (NSD) give these as {subject: count}: the largest subject sizes the chunks.
+    def _largest(x) -> int:
+        return int(max(x.values(), default=0) if isinstance(x, dict) else (x or 0))
+
+    n, v = _largest(info.get("n_samples", 0)), _largest(info.get("n_voxels", 0))
     spaces_per_layer = max(
         1,
         len(set(zip(keys.column("component").to_pylist(), keys.column("pooling").to_pylist(), strict=True))),

@@ -56,8 +56,9 @@ NSD practice), and the repeats of an image (up to 3) are averaged: one response 
   a features table embedded once serves every subject; within a run, rows are ordered by it.
 
 A subject's responses cover "test" and its own folds; with several subjects the features table
-also holds the other subjects' folds, which the join reports and skips (the recipe sets
-``[fit] allow_trim = true``).
+also holds the other subjects' folds, so a subject's fits join only "test" and its own folds
+(:meth:`NSD.subject_runs`, from the design alone). Subjects with fewer sessions than the others
+miss some test images; mixing them needs ``[fit] allow_trim = true``.
 
 Responses of all subjects share one table whose ``bold`` width is fixed: subjects with fewer
 nsdgeneral voxels than the largest are padded with zero columns. Padded columns have no row in
