@@ -27,13 +27,13 @@ thousand.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compile import backend_jit
 from .folds import resolve_cv
 from .scoring import SCORERS
 from .validation import as_float_array, check_alphas, check_folds
@@ -113,7 +113,7 @@ def _as_spaces(name: str, Xs) -> tuple[list[np.ndarray], list[str] | None]:
     return out, names
 
 
-@partial(jax.jit, static_argnames=("fit_intercept",))
+@backend_jit(static_argnames=("fit_intercept",))
 def _fold_design(X, tr_idx, tr_w, va_idx, va_w, *, fit_intercept: bool):
     w = tr_w[:, None]
     Xtr = X[tr_idx] * w
@@ -123,7 +123,7 @@ def _fold_design(X, tr_idx, tr_w, va_idx, va_w, *, fit_intercept: bool):
     return Xtr.T @ Xtr, Xtr, Xva
 
 
-@jax.jit
+@backend_jit
 def _candidate_bases(G, Xva, dscale):
     """Per candidate: eigenvalues ``s``, ``DV`` and ``Xva D V``; ``dscale`` is (n_iter, p)."""
 
@@ -136,7 +136,7 @@ def _candidate_bases(G, Xva, dscale):
     return jax.lax.map(one, dscale)
 
 
-@partial(jax.jit, static_argnames=("fit_intercept", "score"))
+@backend_jit(static_argnames=("fit_intercept", "score"))
 def _candidate_scores(bases, Xtr, Y, tr_idx, tr_w, va_idx, va_w, alphas, *, fit_intercept, score):
     w = tr_w[:, None]
     Ytr = Y[tr_idx] * w
@@ -157,7 +157,7 @@ def _candidate_scores(bases, Xtr, Y, tr_idx, tr_w, va_idx, va_w, alphas, *, fit_
     return jax.lax.map(per_gamma, bases)  # (n_iter, n_alphas, t)
 
 
-@partial(jax.jit, static_argnames=("fit_intercept",))
+@backend_jit(static_argnames=("fit_intercept",))
 def _refit(X, Y, dscale, best_gi, best_alpha, *, fit_intercept: bool):
     x_mean = X.mean(0) if fit_intercept else jnp.zeros(X.shape[1], X.dtype)
     y_mean = Y.mean(0) if fit_intercept else jnp.zeros(Y.shape[1], Y.dtype)

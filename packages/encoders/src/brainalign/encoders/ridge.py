@@ -40,6 +40,8 @@ Devices and memory. Targets are processed in batches whose size comes from a mem
 all devices (see :mod:`brainalign.encoders.sharding`). All decompositions stay on the devices;
 the fold-score accumulators stay on the devices between folds; each batch costs two dispatches
 (cross-validation, then selection and refit) and one transfer of its results to the host.
+On CPU the programs are compiled without XLA's YNNPACK library fusions, which fold the scoring
+reductions into the prediction matmul and slow it down (see :mod:`brainalign.encoders._compile`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from ._compile import compiler_options
 from .scoring import SCORERS
 from .sharding import TARGETS, check_mesh, replicate, shard_targets, to_host
 from .validation import as_float_array, check_alphas, check_folds
@@ -179,7 +182,15 @@ class _Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=32)
 def _programs(
-    mesh: Mesh, *, fit_intercept: bool, dual: bool, method: str, score: str, convention: str, normalize: bool
+    mesh: Mesh,
+    *,
+    fit_intercept: bool,
+    dual: bool,
+    method: str,
+    score: str,
+    convention: str,
+    normalize: bool,
+    options: tuple = (),
 ) -> _Programs:
     """The four compiled programs of one problem configuration, sharded over ``mesh``.
 
@@ -225,13 +236,12 @@ def _programs(
         W, c = refit(full, Y, best_alpha)
         return W, c, best_alpha, cv
 
+    jit = partial(jax.jit, compiler_options=dict(options) or None)
     return _Programs(
-        fold_bases=jax.jit(smap(fold_bases, in_specs=rep, out_specs=rep)),
-        full_basis=jax.jit(smap(full_basis, in_specs=rep, out_specs=rep)),
-        cv_step=jax.jit(smap(cv_step, in_specs=(rep, t2, t3, rep, rep, rep, rep, rep, rep), out_specs=t3)),
-        select_refit=jax.jit(
-            smap(select_refit, in_specs=(rep, t2, t3, rep, rep), out_specs=(t3, t2, t2, t3))
-        ),
+        fold_bases=jit(smap(fold_bases, in_specs=rep, out_specs=rep)),
+        full_basis=jit(smap(full_basis, in_specs=rep, out_specs=rep)),
+        cv_step=jit(smap(cv_step, in_specs=(rep, t2, t3, rep, rep, rep, rep, rep, rep), out_specs=t3)),
+        select_refit=jit(smap(select_refit, in_specs=(rep, t2, t3, rep, rep), out_specs=(t3, t2, t2, t3))),
     )
 
 
@@ -466,6 +476,7 @@ def fit_ridge_cv(
         score=score,
         convention=alpha_convention,
         normalize=bool(normalize_alpha),
+        options=compiler_options(mesh.devices.flat[0].platform),
     )
 
     def y_batch(b: int) -> jax.Array:

@@ -19,13 +19,13 @@ better).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compile import backend_jit
 from .validation import as_float_array
 
 PermScore = Literal["r", "r2"]
@@ -52,7 +52,7 @@ def block_permutations(n_blocks: int, n_permutations: int, random_state=None) ->
     return np.argsort(rng.random((n_permutations, n_blocks)), axis=1).astype(np.int32)
 
 
-@partial(jax.jit, static_argnames=("score", "perm_batch", "return_null"))
+@backend_jit(static_argnames=("score", "perm_batch", "return_null"))
 def _perm_batch(yt, yp, perms, *, score: str, perm_batch: int, return_null: bool):
     n, t = yt.shape
     nb = perms.shape[1]
