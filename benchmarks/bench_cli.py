@@ -247,7 +247,7 @@ def main() -> None:
     f = fit_rows[0]
     lines = [
         f"Machine: {machine()}; JAX device: {device_description()}; load average at start "
-        f"{os.getloadavg()[0]:.1f} (shared box: other jobs were running).",
+        f"{os.getloadavg()[0]:.1f} (1-minute; a shared machine: read the shares and ratios).",
         "",
         f"**fit** end to end (`fit_scores`: join -> fir4 alignment -> one batched `fit_ridge_cv` -> scores write): "
         f"{args.layers} layers x {args.instructions} instructions = {f['n_spaces']} spaces, {args.runs} runs x "

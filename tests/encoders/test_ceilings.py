@@ -92,8 +92,10 @@ def test_subject_pool_exponential_extrapolation_is_brain_score(subjects):
 
 
 def test_normalize():
-    out = normalize([0.2, 0.3, 0.1], [0.4, 0.03, 0.5], min_ceiling=0.05)
-    np.testing.assert_allclose(out, [0.5, np.nan, 0.2])
+    out = normalize([0.2, 0.3, 0.1, 0.01], [0.4, 0.03, 0.5, 0.05], min_ceiling=0.05)
+    np.testing.assert_allclose(out, [0.5, np.nan, 0.2, 0.2])  # the threshold is inclusive
+    # a zero or negative ceiling never divides, whatever the threshold
+    np.testing.assert_allclose(normalize([0.2, 0.2, 0.2], [0.0, -0.1, 0.1]), [np.nan, np.nan, 2.0])
 
 
 def test_bad_arguments():

@@ -28,6 +28,65 @@ def test_text_windows_one_item_per_tr_with_context():
         stimuli.text_windows(words, onsets[:3], tr=2.0)
 
 
+def _gappy_story(n_words: int = 30) -> tuple[list[str], np.ndarray]:
+    """Words every 0.8 s from 4 s (TRs 0-1 silent), a pause (TR 7 silent), then more words."""
+    words = [f"w{i}" for i in range(n_words)]
+    onsets = np.array([4.0 + 0.8 * i if i < 12 else 16.1 + 0.8 * (i - 12) for i in range(n_words)])
+    return words, onsets
+
+
+def test_text_sliding_windows_score_every_tr_once_with_enough_left_context(tmp_path):
+    words, onsets = _gappy_story()
+    W, S = 8, 3
+    m = stimuli.text_sliding_windows(words, onsets, tr=2.0, n_trs=16, window_words=W, stride=S, run="r1")
+    per_tr = stimuli.text_windows(words, onsets, tr=2.0, n_trs=16, run="r1")
+    keys = ("stimulus_id", "run", "tr", "onset_s", "window_start_s", "window_end_s")
+    # one unit per TR of the grid, keyed exactly like the per-TR manifest
+    assert [[getattr(u, k) for k in keys] for u in m.units()] == [
+        [getattr(u, k) for k in keys] for u in per_tr.items
+    ]
+    assert len(m) == m.spec["n_windows"] < 16 and (m.spec["window_words"], m.spec["stride"]) == (W, S)
+    word_tr = np.floor(onsets / 2.0).astype(int)  # oracle: the TR of each word
+    for it in m.items:
+        assert len(it.text.split()) <= W
+        for s in it.segments:
+            own = [i for i in range(len(words)) if word_tr[i] == s.tr]
+            assert it.text[slice(*s.focus)] == " ".join(words[i] for i in own)
+            first = own[0] if own else int(np.sum(onsets < s.tr * 2.0))  # the next word
+            before = it.text[: s.focus[0]].split()
+            assert before == words[first - len(before) : first]  # the words just before the TR
+            assert len(before) >= min(first, W - S)
+    # leading silence: an empty window read like the per-TR items (empty text, empty focus)
+    assert m.items[0].text == "" and [(s.tr, s.focus) for s in m.items[0].segments] == [
+        (0, (0, 0)),
+        (1, (0, 0)),
+    ]
+    # a pause: the focus sits at the end of the word before it
+    pause = next(s for it in m.items for s in it.segments if s.tr == 7)
+    assert pause.focus[0] == pause.focus[1]
+    back = stimuli.Manifest.load(m.save(tmp_path / "w.json"))
+    assert back.items == m.items and back.spec == m.spec
+    assert [u.tr for u in m.shard(1, 2).units()] == [u.tr for it in m.items[1::2] for u in it.segments]
+    # one window holding the whole story scores every TR with all preceding words
+    whole = stimuli.text_sliding_windows(words, onsets, tr=2.0, n_trs=16, window_words=100, stride=1)
+    assert len(whole) == 2 and whole.items[1].text == " ".join(words)
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({"window_words": 0, "stride": 1}, "window_words"),
+        ({"window_words": 8.5, "stride": 1}, "window_words"),
+        ({"window_words": 8, "stride": 0}, "stride"),
+        ({"window_words": 8, "stride": 9}, "stride"),
+    ],
+)
+def test_text_sliding_windows_reject_bad_window_or_stride(kw, name):
+    words, onsets = _gappy_story()
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        stimuli.text_sliding_windows(words, onsets, tr=2.0, **kw)
+
+
 def test_manifest_shard_and_roundtrip(tmp_path):
     m = stimuli.text_items(["a b", "c d", "e f", "g h", "i"])
     shards = [m.shard(i, 2) for i in range(2)]

@@ -417,3 +417,53 @@ def test_narrowing_columns_are_required_key_columns():
         )
         assert set(cols) <= set(schemas.KEYS_BY_KIND[kind])
         assert not any(schema.field(c).nullable for c in cols)
+
+
+def test_reopening_records_each_writers_provenance(tmp_path):
+    uri = tmp_path / "f.lance"
+    a = {
+        "model_key": "m/a",
+        "revision": "1" * 40,
+        "instructions": {"x": {"text": "X?", "prompt_sha256": "aa"}},
+    }
+    b = {
+        "model_key": "m/b",
+        "revision": "2" * 40,
+        "instructions": {"y": {"text": "Y?", "prompt_sha256": "bb"}},
+    }
+    FeatureStore.create(uri, dim=4, provenance=a)
+    st = FeatureStore.create(uri, dim=4, provenance=a, exist_ok=True)
+    assert st.version == 1 and st.provenance == a  # a rerun of the first writer changes nothing
+    st = FeatureStore.create(uri, dim=4, provenance=b, exist_ok=True)
+    prov = st.provenance
+    assert st.version == 2 and FeatureStore.open(uri).provenance == prov
+    assert prov["model_key"] == "m/a" and prov["revision"] == "1" * 40  # the first writer's, as before
+    assert prov["writers"] == {"m/a": a, "m/b": b}
+    assert prov["instructions"] == {**a["instructions"], **b["instructions"]}
+    # the same run again: no new version; a later record of a run updates its entry
+    assert FeatureStore.create(uri, dim=4, provenance=b, exist_ok=True).version == 2
+    b2 = {**b, "instructions": {"z": {"text": "Z?", "prompt_sha256": "cc"}}}
+    prov = FeatureStore.create(uri, dim=4, provenance=b2, exist_ok=True).provenance
+    assert set(prov["writers"]["m/b"]["instructions"]) == {"y", "z"} and set(prov["instructions"]) == {
+        "x",
+        "y",
+        "z",
+    }
+    assert FeatureStore.open(uri).versions()[-1]["version"] == 3
+    with pytest.raises(ValueError, match="dim: the existing table"):
+        FeatureStore.create(uri, dim=8, provenance={"model_key": "m/c"}, exist_ok=True)
+    assert "m/c" not in FeatureStore.open(uri).provenance["writers"]
+
+
+def test_scores_tables_keep_every_fits_provenance(tmp_path):
+    uri = tmp_path / "scores.lance"
+    create_table(uri, "scores", provenance={"fit": "main", "test_runs": ["4"]})
+    t = create_table(uri, "scores", provenance={"fit": "other", "test_runs": ["3"]}, exist_ok=True)
+    prov = t.provenance
+    assert prov["fit"] == "main" and prov["test_runs"] == ["4"]
+    assert sorted(w["fit"] for w in prov["writers"].values()) == ["main", "other"]
+    assert all(k.startswith("sha256:") for k in prov["writers"])
+    assert (
+        create_table(uri, "scores", provenance={"fit": "other", "test_runs": ["3"]}, exist_ok=True).version
+        == 2
+    )

@@ -390,6 +390,27 @@ def test_surprisal_and_summary_tables(e2e):
     assert tsv.read_text().splitlines()[0] == "item\tzone\tword\tsurprisal_bits\tmean_rt_ms"
 
 
+def test_t5_encoder_and_decoder_layers_both_count(e2e, tiny, tmp_path):
+    """Flan-T5 through the recipe: encoder and decoder layers are stored as separate components
+    and the brain score takes the best (component, layer)."""
+    from brainalign.cli.studies.runner import run_recipe
+
+    name = "flan-t5-large"
+    over = _overrides({name: str(tiny("t5"))})
+    over = [o for o in over if not o.startswith(f"models.{OTHER}.")]
+    over.append(f'models.{name}.datasets=["pereira2018-384"]')
+    recipe = load_recipe(RECIPE, overrides=over, data_root=e2e["root"], models=[name])
+    res = run_recipe(recipe, tmp_path / "out", stages=["ingest", "embed", "fit", "report"])
+    ctx = res.contexts["pereira2018-384"]
+    feats = open_table(ctx.features[name]).to_table(columns=["component", "layer"])
+    comps = set(zip(feats.column("component").to_pylist(), feats.column("layer").to_pylist(), strict=True))
+    assert {c for c, _ in comps} == {"encoder", "decoder"}
+    assert list(res.contexts) == ["pereira2018-384"]  # the datasets no selected model reads are skipped
+    (row,) = res.tables["brain score per model"]
+    assert row["model"] == name and row["component"] in ("encoder", "decoder")
+    assert (row["component"], row["best_layer"]) in comps
+
+
 def test_report_page_holds_every_table_and_figure(e2e):
     res = e2e["res"]
     page = res.page.read_text()

@@ -343,6 +343,56 @@ def test_report_page_holds_every_table_and_figure(result):
     assert scores.column("ceiling").null_count == 0
 
 
+def test_audio_llms_and_the_base_vs_tuned_comparison(mini, tiny, tmp_path):
+    """The recipe's audio half: Qwen2-Audio instruct (response tokens under audio instructions)
+    against its base (no instruction), with the recipe's own base-vs-tuned comparison figure."""
+    tuned, base = "qwen2-audio-7b-instruct", "qwen2-audio-7b"
+    raw = tomllib.loads(RECIPE.read_text())
+    raw["models"] = [m for m in raw["models"] if m["name"] in (tuned, base)]
+    assert raw["report"]["compare"] == [[base, tuned]]
+    raw = apply_overrides(
+        raw,
+        [
+            f"models.{tuned}.checkpoint={tiny('qwen2-audio')}",
+            f"models.{tuned}.instructions=['audio.understanding', 'audio.captioning']",
+            f"models.{base}.checkpoint={tiny('qwen2-audio')}",
+            f"embed.batch_size={mm.BATCH_SIZE}",
+            f"embed.max_new_tokens={mm.MAX_NEW_TOKENS}",
+            "embed.dtype=float32",
+            f"data.atlas={mm.ATLAS}",
+            f"data.atlas_labels={mm.ATLAS_LABELS}",
+            f"data.audio_dir={mini['audio_dir']}",
+            "data.subjects=['sub-01', 'sub-02']",
+            "report.maps=false",
+        ],
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOVIE10_ROOT", str(mini["root"]))
+        rec = parse_recipe(raw, path=RECIPE, data_root=mini["root"])
+    res = run_recipe(rec, tmp_path / "out")
+    ctx = res.contexts["movie10"]
+    cols = ["model", "instruction_id", "pooling", "run"]
+    rows, runs = set(), {}
+    for name in (tuned, base):
+        feats = open_table(ctx.features[name]).to_table(columns=cols)
+        rows |= set(zip(*(feats.column(c).to_pylist() for c in cols[:3]), strict=True))
+        runs[name] = set(feats.column("run").to_pylist())
+    assert rows == {
+        (tuned, "audio.understanding", "response"),
+        (tuned, "audio.captioning", "response"),
+        (base, "none", "stimulus"),
+    }
+    assert runs[tuned] == runs[base] == set(mm.SEGMENTS)  # audio windows on the TR grid of every run
+    groups = {g["group"] for g in res.tables["group comparison"]}
+    assert groups == {"instruction-tuned", "non-instruction-tuned"}
+    page = res.page.read_text()
+    assert "compare_qwen2-audio-7b_qwen2-audio-7b-instruct.png" in page
+    srcs = [x.split("'")[0] for x in page.split("<img src='")[1:]]
+    assert any(Path(x).name.startswith("compare_") for x in srcs), srcs
+    for src in srcs:
+        assert (res.out / src).exists(), src
+
+
 # ---- the command ----------------------------------------------------------------------------
 def test_command_dry_run_of_the_full_recipe(mini, tiny, monkeypatch):
     from typer.testing import CliRunner

@@ -113,6 +113,21 @@ def test_every_problem_is_listed_before_work(toy, tmp_path):
     rec = load_recipe(toy["recipe"], overrides=["models.toy-tuned.instructions=['image.nope']"])
     with pytest.raises(RecipeError, match=r"image\.nope"):
         plan_recipe(rec)
+    # an instruction id named inside a partition's SQL selection is checked up front too
+    text = toy["recipe"].read_text()
+    ref = 'reference = "image.captioning"'
+    assert ref in text
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        text.replace(
+            ref,
+            "spaces = { a = \"instruction_id = 'image.captioning'\", b = \"instruction_id = 'image.nope2'\" }",
+        )
+    )
+    with pytest.raises(
+        RecipeError, match=r"partitions \(vs-captioning\): instruction\(s\) \['image\.nope2'\]"
+    ):
+        plan_recipe(load_recipe(bad))
 
 
 def test_env_variables_expand(toy, monkeypatch):
@@ -243,3 +258,56 @@ def toy_study_preset():
     from brainalign.cli.align import get_preset
 
     return get_preset("fir4")
+
+
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes/text content:DeprecationWarning")
+def test_plan_reads_the_shape_of_a_hub_checkpoint_from_its_config_only(tmp_path):
+    """A dry run sizes a Hub model from its config.json (fetched alone, no weights); offline and
+    unknown repos leave the shape unknown instead of failing."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hubserver import point_client
+    from hubserver.server import serve
+    from huggingface_hub import HfApi, constants
+
+    from brainalign.cli.studies import runner
+    from brainalign.cli.studies.recipe import ModelSpec
+    from brainalign.cli.studies.runner import _model_shape
+
+    server = serve(tmp_path / "hub", {"hf_toy_token": "lab"})
+    mp = point_client(server, tmp_path, "hf_toy_token")
+    try:
+        api = HfApi()
+        api.create_repo("lab/tiny-vlm")
+        config = {"model_type": "qwen2_vl", "text_config": {"num_hidden_layers": 28, "hidden_size": 3584}}
+        api.upload_file(
+            path_or_fileobj=json.dumps(config).encode(), path_in_repo="config.json", repo_id="lab/tiny-vlm"
+        )
+        api.upload_file(
+            path_or_fileobj=b"\0" * 4096, path_in_repo="model.safetensors", repo_id="lab/tiny-vlm"
+        )
+        spec = ModelSpec(name="vlm", modality="image", checkpoint="lab/tiny-vlm")
+        mp.setattr(runner, "_HUB_UNREACHABLE", False)
+        mp.setattr(constants, "HF_HUB_OFFLINE", True)
+        assert _model_shape(spec) == (None, None)  # offline and not cached
+        mp.setattr(constants, "HF_HUB_OFFLINE", False)
+        assert _model_shape(spec) == (29, 3584)
+        assert not list((tmp_path / "hf_cache").rglob("model.safetensors"))  # the weights stay on the Hub
+        # an unknown repo is that model's problem only
+        assert _model_shape(ModelSpec(name="x", modality="image", checkpoint="lab/missing")) == (None, None)
+        assert not runner._HUB_UNREACHABLE and _model_shape(spec) == (29, 3584)
+        # an unreachable Hub costs one failed request, then the other models skip it
+        dead = "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"
+        mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead)
+        assert _model_shape(spec) == (None, None) and runner._HUB_UNREACHABLE
+        mp.setattr(
+            constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        assert _model_shape(spec) == (None, None)
+    finally:
+        mp.undo()
+        server.close()

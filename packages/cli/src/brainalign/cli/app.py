@@ -314,7 +314,9 @@ def fit(
     ceiling: Annotated[
         Path | None, typer.Option(help="Per-voxel noise ceiling (.npy, r units) for r_norm.")
     ] = None,
-    min_ceiling: Annotated[float, typer.Option(help="Voxels with ceiling <= this get no r_norm.")] = 0.0,
+    min_ceiling: Annotated[
+        float, typer.Option(help="Voxels with a ceiling below this (or <= 0) get no r_norm.")
+    ] = 0.0,
     allow_trim: Annotated[
         bool, typer.Option(help="Fit on the common TRs when keys do not all match.")
     ] = False,
@@ -763,6 +765,46 @@ def embed(
     model_name: Annotated[
         str | None, typer.Option(help="Model id to store (default: the checkpoint's).")
     ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            help="Branch, tag or commit of a Hub checkpoint (default main); the commit is recorded."
+        ),
+    ] = None,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            help="Run the Python code shipped with the checkpoint (its own model classes). "
+            "Off by default: enable only for checkpoints whose code you trust."
+        ),
+    ] = False,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="Model dtype: float32, bfloat16 or float16 (default bfloat16 on CUDA, else float32)."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="torch device (default cuda when available, else cpu).")
+    ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(help="accelerate device map, e.g. auto (spreads the model; overrides --device)."),
+    ] = None,
+    component: Annotated[
+        list[str] | None,
+        typer.Option(help="Component(s) to embed: lm (default), vision, projector, qformer, audio, ..."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Greedy generation length for --pooling response.")
+    ] = 32,
+    seed: Annotated[int, typer.Option(help="torch seed set before each generation.")] = 0,
+    storage_dtype: Annotated[
+        str, typer.Option(help="Embedding dtype on disk: float32 or float16 (half the size).")
+    ] = "float32",
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Skip stimuli whose rows are stored already.")
+    ] = True,
     dry_run: Annotated[
         bool, typer.Option(help="Print the plan (prompts, row counts) without running the model.")
     ] = False,
@@ -787,6 +829,16 @@ def embed(
 
     if not manifest.exists():
         raise ValueError(f"manifest: no such file {manifest}")
+    if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype: expected float32, bfloat16 or float16, got {dtype!r}")
+    if storage_dtype not in ("float32", "float16"):
+        raise ValueError(f"storage-dtype: expected float32 or float16, got {storage_dtype!r}")
+    if dtype is None or device is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        dtype = dtype or ("bfloat16" if cuda else "float32")
+        device = device or ("cuda" if cuda else "cpu")
     sel: object = "all"
     if layers != "all":
         sel = [float(x) if "." in x else int(x) for x in layers.split(",") if x.strip()]
@@ -798,12 +850,24 @@ def embed(
             instruction or ["none"],
             store=str(proj.table("features", store)),
             layers=sel,
+            components=component or None,
             pooling=tuple(pooling or ["stimulus"]),
             batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
             shard=shard,
+            resume=resume,
+            storage_dtype=storage_dtype,
             model_name=model_name,
             dry_run=dry_run,
             progress=_show_bars(as_json),  # tqdm: stimuli, rate and ETA on stderr
+            # where the `generations` view of `brainalign query` looks for them
+            generations=str(proj.table("generations")),
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
         )
     out = asdict(res) if hasattr(res, "__dataclass_fields__") else {"result": str(res)}
     if as_json:

@@ -230,7 +230,7 @@ def fit_scores(
     preset : a preset name (:data:`brainalign.cli.align.PRESETS`) or an :class:`AlignmentPreset`.
     folds : ``"runs"`` (leave one training run out) or ``"blocks:K"`` (contiguous blocks).
     ceiling : optional (n_voxels,) noise ceiling in r units, or a ``.npy`` path;
-        ``r_norm = r / ceiling`` where ``ceiling > min_ceiling``, else null.
+        ``r_norm = r / ceiling`` where ``ceiling >= min_ceiling`` (and > 0), else null.
     weights : optional ``.npz`` path for the fitted weights: ``coef (n_spaces, n_features,
         n_voxels)`` (features ordered delay-major: block ``k`` holds delay ``delays[k]``),
         ``intercept``, ``best_alpha``, ``delays`` and ``spaces`` (JSON).

@@ -20,11 +20,15 @@ VIEWS = ("features", "generations", "responses", "voxels", "scores", "partitions
 
 
 def table_paths(root: str | Path, tables: Mapping[str, str | Path] | None = None) -> dict[str, Path]:
-    """The tables present: ``tables[name]`` where given, else ``<root>/<name>.lance``."""
+    """The tables present: ``tables[name]`` where given, else ``<root>/<name>.lance`` (for
+    generations also ``<root>/features.generations.lance``, where ``embed`` wrote them before it
+    followed the project layout)."""
     root = Path(root)
     out = {}
     for name in VIEWS:
         p = Path(tables[name]) if tables and name in tables else root / f"{name}.lance"
+        if name == "generations" and not p.exists() and not (tables and name in tables):
+            p = root / "features.generations.lance"
         if p.exists():
             out[name] = p
     return out
@@ -46,7 +50,10 @@ def _scannable(table):
 def instructions_table(features=None) -> pa.Table:
     """One row per instruction: the feature store's instruction registry (when installed),
     plus the instruction ids of a features table with the text its provenance records
-    (``instructions``: id -> text). ``in_features`` marks the ids present in the table."""
+    (``instructions``: id -> text, or id -> a record with ``text`` and ``prompt_sha256``, as
+    ``embed`` writes). ``in_features`` marks the ids present in the table; ``prompt_sha256`` is
+    the hash of the rendered prompt the first model embedded with it (prompts differ between
+    models: each one's are in the provenance's ``writers``)."""
     rows: dict[str, dict] = {}
     try:
         from brainalign.features.instructions import load_registry
@@ -62,6 +69,7 @@ def instructions_table(features=None) -> pa.Table:
                 "source": ins.source,
                 "registry_version": reg.version,
                 "in_features": False,
+                "prompt_sha256": None,
             }
     if features is not None:
         prov = features.provenance.get("instructions") or {}
@@ -83,11 +91,16 @@ def instructions_table(features=None) -> pa.Table:
                     "source": "features table",
                     "registry_version": None,
                     "in_features": True,
+                    "prompt_sha256": None,
                 },
             )
             row["in_features"] = True
-            if prov.get(i) is not None:
-                row["text"] = str(prov[i])
+            rec = prov.get(i)
+            if isinstance(rec, dict):
+                row["text"] = rec.get("text", row["text"])
+                row["prompt_sha256"] = rec.get("prompt_sha256")
+            elif rec is not None:
+                row["text"] = str(rec)
     schema = pa.schema(
         [
             ("instruction_id", pa.string()),
@@ -96,6 +109,7 @@ def instructions_table(features=None) -> pa.Table:
             ("source", pa.string()),
             ("registry_version", pa.string()),
             ("in_features", pa.bool_()),
+            ("prompt_sha256", pa.string()),
         ]
     )
     return pa.Table.from_pylist(list(rows.values()), schema=schema)

@@ -274,16 +274,18 @@ def subject_pool_ceiling(
 
 
 def normalize(score, ceiling, *, min_ceiling: float = 0.0):
-    """Ceiling-normalised score ``score / ceiling``; NaN where ``ceiling <= min_ceiling``.
+    """Ceiling-normalised score ``score / ceiling``; NaN where ``ceiling < min_ceiling`` or the
+    ceiling is not positive.
 
     Parameters
     ----------
     score : array (..., n_targets), e.g. Pearson r or R² per voxel.
     ceiling : array broadcastable to ``score`` in the same units (a ceiling of r for r, of R²
         for R²).
-    min_ceiling : targets whose ceiling is at most this are unreliable and get NaN (e.g. 0.05).
+    min_ceiling : the smallest reliable ceiling (inclusive, e.g. 0.05 as in "voxels with ceiling
+        >= 0.05"); targets below it get NaN. A ceiling of 0 or less always gets NaN.
     """
     score = np.asarray(score, dtype=np.float64)
     ceiling = np.asarray(ceiling, dtype=np.float64)
-    ok = ceiling > min_ceiling
+    ok = (ceiling >= min_ceiling) & (ceiling > 0)
     return np.where(ok, score / np.where(ok, ceiling, 1.0), np.nan)

@@ -2,9 +2,11 @@
 
 A :class:`Manifest` is a stimulus set plus a list of :class:`Stimulus` items, one per future
 features row group: one per TR for time-locked stimuli (text, video, audio, game frames), one
-per trial for images. Media are referenced (a path and a time window) and decoded lazily by
-:func:`load_video_clip` / :func:`load_audio_window`, so a manifest of a two-hour movie is small
-and JSON-serialisable (:meth:`Manifest.save` / :meth:`Manifest.load`).
+per trial for images. A sliding long-context text window (:func:`text_sliding_windows`) is one
+item — one forward pass — whose ``segments`` are the TRs it scores, one row group each. Media
+are referenced (a path and a time window) and decoded lazily by :func:`load_video_clip` /
+:func:`load_audio_window`, so a manifest of a two-hour movie is small and JSON-serialisable
+(:meth:`Manifest.save` / :meth:`Manifest.load`).
 
 TR grid convention: TR ``t`` of a run spans ``[t * tr, (t + 1) * tr)`` seconds from run start.
 A window *ending* at the end of its TR (``align="end"``, the default) holds only what the
@@ -33,6 +35,11 @@ class Stimulus:
     this TR (the rest is preceding context); ``images`` are paths (or in-memory arrays / PIL
     images) of images or game frames; ``video`` / ``audio`` name a media file and
     ``frame_times`` / ``(window_start_s, window_end_s)`` say what to decode.
+
+    ``segments`` (sliding text windows only): the TRs this item's forward pass scores, each a
+    key-only :class:`Stimulus` (``stimulus_id``, ``run``, ``tr``, times) whose ``focus`` is the
+    character span of its words inside this item's ``text``; rows are keyed by the segments,
+    and the item's own keys are never written.
     """
 
     stimulus_id: str
@@ -49,6 +56,7 @@ class Stimulus:
     audio: str | None = None
     sample_rate: int | None = None
     actions: list[str] | None = None
+    segments: list[Stimulus] | None = None
 
     def keys(self) -> dict[str, Any]:
         return {
@@ -73,12 +81,16 @@ class Manifest:
     def __post_init__(self):
         if self.modality not in MODALITIES:
             raise ValueError(f"modality: expected one of {MODALITIES}, got {self.modality!r}")
-        ids = [(s.stimulus_id, s.run, s.tr) for s in self.items]
+        ids = [(s.stimulus_id, s.run, s.tr) for s in self.units()]
         if len(set(ids)) != len(ids):
             raise ValueError("items: duplicate (stimulus_id, run, tr) keys in the manifest")
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def units(self) -> list[Stimulus]:
+        """What the features rows are keyed by: the items, or the segments of sliding windows."""
+        return [u for it in self.items for u in (it.segments or [it])]
 
     def shard(self, index: int, count: int) -> Manifest:
         """Items ``index, index + count, ...`` (a round-robin shard ``index/count``)."""
@@ -110,12 +122,17 @@ class Manifest:
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
         raw = json.loads(Path(path).read_text())
-        items = []
-        for d in raw["items"]:
-            if d.get("focus") is not None:
-                d["focus"] = tuple(d["focus"])
-            items.append(Stimulus(**d))
+        items = [_stimulus(d) for d in raw["items"]]
         return cls(raw["stimulus_set"], raw["modality"], items, raw.get("spec", {}))
+
+
+def _stimulus(d: dict[str, Any]) -> Stimulus:
+    d = dict(d)
+    if d.get("focus") is not None:
+        d["focus"] = tuple(d["focus"])
+    if d.get("segments") is not None:
+        d["segments"] = [_stimulus(s) for s in d["segments"]]
+    return Stimulus(**d)
 
 
 def _tr_windows(n_trs: int, tr: float, window_s: float, align: str) -> list[tuple[float, float]]:
@@ -129,6 +146,31 @@ def _tr_windows(n_trs: int, tr: float, window_s: float, align: str) -> list[tupl
 
 
 # ---- text ------------------------------------------------------------------------------------
+def _tr_word_ranges(
+    words: Sequence[str],
+    onsets: Sequence[float],
+    tr: float,
+    n_trs: int | None,
+    offsets: Sequence[float] | None,
+) -> tuple[list[str], int, np.ndarray, np.ndarray]:
+    """``(words, n_trs, first, last)``: per TR ``t`` the word range ``[first[t], last[t])`` of
+    the words with onset in ``[t * tr, (t + 1) * tr)``; a TR without onsets has
+    ``first == last ==`` the index of the next word."""
+    words = [str(w) for w in words]
+    onsets = np.asarray(onsets, dtype=float)
+    if onsets.shape != (len(words),):
+        raise ValueError(f"onsets: expected shape ({len(words)},), got {onsets.shape}")
+    if np.any(np.diff(onsets) < 0):
+        raise ValueError("onsets: expected non-decreasing word onsets")
+    if offsets is not None and np.asarray(offsets).shape != (len(words),):
+        raise ValueError(f"offsets: expected shape ({len(words)},), got {np.asarray(offsets).shape}")
+    if n_trs is None:
+        n_trs = int(np.floor(onsets.max() / tr)) + 1 if len(words) else 0
+    word_tr = np.floor(onsets / tr).astype(int)  # non-decreasing
+    trs = np.arange(n_trs)
+    return words, n_trs, np.searchsorted(word_tr, trs, "left"), np.searchsorted(word_tr, trs, "right")
+
+
 def text_windows(
     words: Sequence[str],
     onsets: Sequence[float],
@@ -146,24 +188,13 @@ def text_windows(
     ``words (n_words,)`` and ``onsets (n_words,)`` in seconds from run start. The item's
     ``text`` is the context followed by the TR's words; ``focus`` is the character span of
     the TR's words (empty ``(len, len)`` for a TR without word onsets). ``context_words``
-    counts words *before* the TR's first word.
+    counts words *before* the TR's first word. :func:`text_sliding_windows` gives the same
+    rows from one forward pass per long window instead of one per TR.
     """
-    words = [str(w) for w in words]
-    onsets = np.asarray(onsets, dtype=float)
-    if onsets.shape != (len(words),):
-        raise ValueError(f"onsets: expected shape ({len(words)},), got {onsets.shape}")
-    if np.any(np.diff(onsets) < 0):
-        raise ValueError("onsets: expected non-decreasing word onsets")
-    if offsets is not None and np.asarray(offsets).shape != (len(words),):
-        raise ValueError(f"offsets: expected shape ({len(words)},), got {np.asarray(offsets).shape}")
-    if n_trs is None:
-        n_trs = int(np.floor(onsets.max() / tr)) + 1 if len(words) else 0
-    word_tr = np.floor(onsets / tr).astype(int)
+    words, n_trs, firsts, lasts = _tr_word_ranges(words, onsets, tr, n_trs, offsets)
     items = []
     for t in range(n_trs):
-        in_tr = np.flatnonzero(word_tr == t)
-        first = int(in_tr[0]) if len(in_tr) else int(np.searchsorted(onsets, t * tr))
-        last = int(in_tr[-1]) + 1 if len(in_tr) else first
+        first, last = int(firsts[t]), int(lasts[t])
         ctx = words[max(0, first - context_words) : first]
         prefix = " ".join(ctx)
         now = " ".join(words[first:last])
@@ -186,6 +217,100 @@ def text_windows(
         "tr_s": tr,
         "n_trs": n_trs,
         "context_words": context_words,
+        "tr_words": "words with onset in [t*tr, (t+1)*tr)",
+    }
+    return Manifest(stimulus_set, "text", items, spec)
+
+
+def text_sliding_windows(
+    words: Sequence[str],
+    onsets: Sequence[float],
+    *,
+    tr: float,
+    window_words: int,
+    stride: int,
+    n_trs: int | None = None,
+    run: str | None = None,
+    stimulus_set: str = "text",
+    offsets: Sequence[float] | None = None,
+) -> Manifest:
+    """Sliding long-context windows: one item (one forward pass) per window of up to
+    ``window_words`` words, one row per TR.
+
+    Each window scores the TRs whose last word falls in its last ``stride`` words (the first
+    window scores all of its TRs), so every TR of the grid is scored exactly once, with at
+    least ``window_words - stride`` words of left context (all preceding words near the run's
+    start). Windows end on TR boundaries, never inside a TR; a TR of more than ``stride`` words
+    gets a window long enough for that context. A TR without word onsets is scored at the end
+    of the word before it: its pooling falls back to the last token of that word, as in
+    :func:`text_windows`; the TRs before the first word share one window of empty text, which
+    reads like their :func:`text_windows` items.
+
+    The item's ``text`` is the window's words joined by spaces and its ``segments`` are its
+    TRs, keyed exactly like :func:`text_windows` items, each with the ``focus`` of its words in
+    the window's text. For a causal LM a TR's ``tr_words`` embedding equals that of a per-TR
+    forward over the same preceding words; a bidirectional encoder also sees the window's right
+    context. Only ``tr_words`` pooling applies. About ``n_words / stride`` forwards replace
+    ``n_trs``. ``window_words`` and ``stride`` are recorded in the spec (provenance).
+    """
+    for name, v in (("window_words", window_words), ("stride", stride)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: expected an integer >= 1 (words), got {v!r}")
+    if stride > window_words:
+        raise ValueError(f"stride: expected at most window_words ({window_words}), got {stride}")
+    words, n_trs, firsts, lasts = _tr_word_ranges(words, onsets, tr, n_trs, offsets)
+    items: list[Stimulus] = []
+    t = prev = 0
+    while t < n_trs:
+        limit = window_words if prev == 0 else prev + stride  # prev == 0: no words read yet
+        u = max(int(np.searchsorted(lasts, limit, "right")), t + 1)
+        end = int(lasts[u - 1])
+        start = 0 if prev == 0 else max(0, min(end - window_words, prev - (window_words - stride)))
+        if lasts[t] == 0:  # silence before the first word: an empty window of its own
+            u, end = int(np.searchsorted(lasts, 0, "right")), 0
+        text = " ".join(words[start:end])
+        char = np.cumsum([0] + [len(w) + 1 for w in words[start:end]])  # char start of each word
+        segments = []
+        for k in range(t, u):
+            a, b = int(firsts[k]) - start, int(lasts[k]) - start
+            if b > a:
+                focus = (int(char[a]), int(char[b]) - 1)
+            else:  # no onsets: the end of the word before, where the TR's words would start
+                pos = int(char[a]) - 1 if a > 0 else 0
+                focus = (pos, pos)
+            segments.append(
+                Stimulus(
+                    stimulus_id=f"{run or 'run'}-tr{k:05d}",
+                    run=run,
+                    tr=k,
+                    onset_s=k * tr,
+                    window_start_s=k * tr,
+                    window_end_s=(k + 1) * tr,
+                    focus=focus,
+                )
+            )
+        items.append(
+            Stimulus(
+                stimulus_id=f"{run or 'run'}-win{len(items):05d}",
+                run=run,
+                onset_s=t * tr,
+                window_start_s=t * tr,
+                window_end_s=u * tr,
+                text=text,
+                focus=(segments[0].focus[0], segments[-1].focus[1]),
+                segments=segments,
+            )
+        )
+        t, prev = u, end
+    spec = {
+        "modality": "text",
+        "tr_s": tr,
+        "n_trs": n_trs,
+        "window_words": int(window_words),
+        "stride": int(stride),
+        "n_windows": len(items),
+        "windows": "sliding: one forward per window; each TR scored once, in the window that holds its "
+        "last word, after at least window_words - stride words of left context",
         "tr_words": "words with onset in [t*tr, (t+1)*tr)",
     }
     return Manifest(stimulus_set, "text", items, spec)

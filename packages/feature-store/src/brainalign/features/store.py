@@ -15,10 +15,15 @@ Parallel writers. :meth:`Table.write_fragments` writes data files that no reader
 already stored under the same keys. Workers of a sharded extraction each write (and commit)
 their shard; a worker killed before its commit leaves only unreferenced files behind, and
 rerunning the shard commits it once.
+
+Provenance. Every writer that creates or reopens a table with a provenance records it: the first
+writer's stays at the top level of the metadata, and every writer's is kept under ``writers``,
+keyed by its run identity (:func:`run_id`: an extraction's ``model_key``, else a hash).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -72,6 +77,53 @@ _SCHEMAS = {
     "scores": lambda **_: schemas.scores_schema(),
     "partitions": lambda **_: schemas.partitions_schema(),
 }
+
+
+#: Metadata key of every writer's provenance, by :func:`run_id` (not "runs": those are fMRI runs).
+WRITERS = "writers"
+
+
+def run_id(provenance: Mapping[str, Any]) -> str:
+    """The identity of one writer's provenance: its ``model_key`` (extraction), else a hash."""
+    key = provenance.get("model_key")
+    if key:
+        return str(key)
+    body = {k: v for k, v in provenance.items() if k != WRITERS}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def provenance_runs(provenance: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every writer's provenance by :func:`run_id` (a table written once: its one provenance)."""
+    runs = provenance.get(WRITERS)
+    if isinstance(runs, Mapping):
+        return {k: dict(v) for k, v in runs.items()}
+    if not provenance:
+        return {}
+    return {run_id(provenance): {k: v for k, v in provenance.items() if k != WRITERS}}
+
+
+def merge_provenance(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``old`` with one more writer's provenance ``new`` recorded.
+
+    The top-level keys stay the first writer's; ``new`` goes under ``writers[run_id(new)]``
+    (updating an earlier entry of the same run, its ``instructions`` merged); the top-level
+    ``instructions`` mapping becomes the union of both (the first record of an id wins).
+    """
+    new = json.loads(json.dumps(dict(new), sort_keys=True))  # the JSON form, as stored
+    if not old:
+        return new
+    out = dict(old)
+    runs = provenance_runs(old)
+    rid = run_id(new)
+    entry = {k: v for k, v in new.items() if k != WRITERS}
+    prev = runs.get(rid, {})
+    if isinstance(prev.get("instructions"), dict) and isinstance(entry.get("instructions"), dict):
+        entry["instructions"] = {**prev["instructions"], **entry["instructions"]}
+    runs[rid] = {**prev, **entry}
+    out[WRITERS] = runs
+    if isinstance(old.get("instructions"), dict) and isinstance(new.get("instructions"), dict):
+        out["instructions"] = {**new["instructions"], **old["instructions"]}
+    return out
 
 
 def _exists(uri: str | Path) -> bool:
@@ -182,12 +234,20 @@ class Table:
         provenance: Mapping[str, Any] | None = None,
         exist_ok: bool = False,
     ) -> Table:
-        """Create an empty table with ``schema`` and ``provenance`` (JSON-able) in its metadata."""
+        """Create an empty table with ``schema`` and ``provenance`` (JSON-able) in its metadata.
+
+        With ``exist_ok`` an existing table is opened instead, and ``provenance`` is recorded in
+        it (:meth:`record_provenance`).
+        """
         uri = str(uri)
         if _exists(uri):
             if not exist_ok:
                 raise ValueError(f"uri: a table already exists at {uri}; open it or pass exist_ok=True")
-            return cls.open(uri)
+            t = cls.open(uri)
+            t._check_schema(schema)
+            if provenance:
+                t.record_provenance(provenance)
+            return t
         meta = dict(schema.metadata or {})
         meta[schemas.PROVENANCE_KEY] = json.dumps(dict(provenance or {}), sort_keys=True).encode()
         schema = schema.with_metadata(meta)
@@ -224,6 +284,24 @@ class Table:
     def provenance(self) -> dict[str, Any]:
         raw = (self._ds.schema.metadata or {}).get(schemas.PROVENANCE_KEY, b"{}")
         return json.loads(raw)
+
+    def record_provenance(self, provenance: Mapping[str, Any]) -> int:
+        """Record one more writer's ``provenance`` (JSON-able) in the table metadata, keeping what
+        is there (:func:`merge_provenance`). One commit, or none when nothing changes (a rerun).
+        Returns the table's version."""
+        if self._pinned:
+            raise ValueError(f"this handle is read-only (a checkout of version {self.version})")
+        ds = lance.dataset(self.uri)
+        raw = (ds.schema.metadata or {}).get(schemas.PROVENANCE_KEY, b"{}")
+        old = json.loads(raw)
+        new = merge_provenance(old, provenance)
+        if new != {**old, WRITERS: provenance_runs(old)} and new != old:
+            ds.update_schema_metadata({schemas.PROVENANCE_KEY.decode(): json.dumps(new, sort_keys=True)})
+        self._ds = lance.dataset(self.uri)
+        return self._ds.version
+
+    def _check_schema(self, schema: pa.Schema) -> None:
+        """Refuse to reuse this table for rows of ``schema`` (see :meth:`create`)."""
 
     @property
     def version(self) -> int:
@@ -650,12 +728,14 @@ class FeatureStore(Table):
         exist_ok: bool = False,
     ) -> FeatureStore:
         """Create an empty features table of embedding size ``dim`` stored as ``dtype``."""
-        store = super().create(
+        return super().create(  # type: ignore[return-value]
             uri, schemas.features_schema(dim, dtype), provenance=provenance, exist_ok=exist_ok
         )
-        if store.dim != dim:
-            raise ValueError(f"dim: the existing table at {uri} has dim {store.dim}, not {dim}")
-        return store  # type: ignore[return-value]
+
+    def _check_schema(self, schema: pa.Schema) -> None:
+        dim = schema.field("embedding").type.list_size
+        if self.dim != dim:
+            raise ValueError(f"dim: the existing table at {self.uri} has dim {self.dim}, not {dim}")
 
     @property
     def dim(self) -> int:

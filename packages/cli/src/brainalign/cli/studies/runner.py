@@ -158,6 +158,9 @@ def _looks_local(checkpoint: str) -> bool:
     return checkpoint.startswith(("/", "./", "../", "~")) or Path(checkpoint).expanduser().exists()
 
 
+_SQL_INSTRUCTION = re.compile(r"instruction_id\s*=\s*'([^']*)'")
+
+
 def open_datasets(recipe: Recipe) -> dict[str, StudyDataset]:
     """Instantiate every dataset loader and run every check; raise one :class:`RecipeError`."""
     problems: list[str] = []
@@ -198,6 +201,8 @@ def open_datasets(recipe: Recipe) -> dict[str, StudyDataset]:
                 continue
             needed = [p.reference] if p.reference else []
             needed += p.instructions or []
+            # instruction ids named inside the selections' SQL (spaces = {a = "instruction_id = '…'"})
+            needed += [i for w in (p.spaces or {}).values() for i in _SQL_INSTRUCTION.findall(w)]
             missing = [i for i in needed if i not in ids]
             if missing and p.model == m.name:
                 problems.append(
@@ -209,26 +214,66 @@ def open_datasets(recipe: Recipe) -> dict[str, StudyDataset]:
 
 
 # ---- plan ---------------------------------------------------------------------------------
+_HUB_UNREACHABLE = False  # set by the first failed connection: later models skip the Hub
+
+
+def _hub_config(repo: str, revision: str | None) -> dict | None:
+    """A Hub checkpoint's ``config.json`` (a few kB, never the weights): from the local cache,
+    else one request to the Hub (no retries, 5 s timeout) unless ``HF_HUB_OFFLINE`` is set or an
+    earlier request found the Hub unreachable. None when it cannot be had."""
+    global _HUB_UNREACHABLE
+    import os
+
+    try:
+        from huggingface_hub import constants, get_session, hf_hub_url, try_to_load_from_cache
+        from huggingface_hub.utils import build_hf_headers
+
+        hit = try_to_load_from_cache(repo, "config.json", revision=revision)
+        if isinstance(hit, str):
+            return json.loads(Path(hit).read_text())
+    except Exception:  # an unusable cache entry or repo id: the shape stays unknown
+        return None
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    )
+    if offline or _HUB_UNREACHABLE:
+        return None
+    try:
+        r = get_session().get(
+            hf_hub_url(repo, "config.json", revision=revision),
+            headers=build_hf_headers(),  # the user's token, for gated repos; never shown
+            timeout=5,
+            follow_redirects=True,
+        )
+    except Exception:  # no network, DNS, timeout: do not try again for the other models
+        _HUB_UNREACHABLE = True
+        return None
+    if r.status_code != 200:  # unknown or gated repo, revision or file: this model only
+        return None
+    try:
+        return r.json()
+    except ValueError:
+        return None
+
+
 def _model_shape(m: ModelSpec) -> tuple[int | None, int | None]:
-    """(number of hidden states incl. embeddings, hidden size) from a local config, else (None, None)."""
+    """(number of hidden states incl. embeddings, hidden size) from the checkpoint's config (a
+    local directory's, else the Hub's ``config.json``: :func:`_hub_config`), else (None, None);
+    the plan then says the shape is read at embed time."""
     if not m.checkpoint:
         return None, None
     if _looks_local(m.checkpoint):
-        path = Path(m.checkpoint).expanduser() / "config.json"
-    else:  # a Hub checkpoint: its config only if it is in the local cache (no network here)
         try:
-            from huggingface_hub import try_to_load_from_cache
-
-            hit = try_to_load_from_cache(m.checkpoint, "config.json", revision=m.revision)
-        except Exception:
-            hit = None
-        if not isinstance(hit, str):
+            cfg = json.loads((Path(m.checkpoint).expanduser() / "config.json").read_text())
+        except (OSError, ValueError):
             return None, None
-        path = Path(hit)
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None, None
+    else:
+        cfg = _hub_config(m.checkpoint, m.revision)
+        if not isinstance(cfg, dict):
+            return None, None
     for sub in ("text_config", "thinker_config", "llm_config", None):
         c = cfg.get(sub, {}) if sub else cfg
         if sub == "thinker_config":
@@ -638,9 +683,7 @@ def _partition(ctx: RunContext, say: Progress) -> None:
                 continue
             comp, pool = _space_columns(ctx, m)
             for sel in _partition_selections(p, m, p.layer):
-                ids = [
-                    x.group(1) for w in sel.values() if (x := re.search(r"instruction_id\s*=\s*'([^']*)'", w))
-                ]
+                ids = [x.group(1) for w in sel.values() if (x := _SQL_INSTRUCTION.search(w))]
                 layer = p.layer
                 if layer == "best":
                     # symmetric in the selections: the layer where they predict best on average
@@ -921,6 +964,10 @@ def run_recipe(
     notes: list[str] = []
     for d in recipe.data:
         loader = loaders[d.name]
+        if not recipe.models_for(d):  # e.g. a run restricted to models that read other datasets
+            notes.append(f"{d.name}: no model of this run reads it; skipped")
+            say(f"{d.name}: no model of this run reads it; skipped")
+            continue
         ddir = out / _slug(d.name)
         ddir.mkdir(parents=True, exist_ok=True)
         ctx = RunContext(

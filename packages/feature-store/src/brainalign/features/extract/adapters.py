@@ -26,7 +26,9 @@ interleaved text and images, has its own :class:`IdeficsAdapter`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import platform
 import re
@@ -121,6 +123,12 @@ class Adapter:
     def provenance(self) -> dict[str, Any]:
         return {"model": self.model_id, "adapter": type(self).__name__}
 
+    def identity(self) -> dict[str, Any]:
+        """What tells two runs of the same model apart (``revision``, ``dtype``), without loading
+        weights: a resumed run must match the stored rows' identity."""
+        prov = self.provenance()
+        return {k: prov.get(k) for k in ("revision", "dtype")}
+
 
 # ---- helpers ---------------------------------------------------------------------------------
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -168,8 +176,26 @@ def _fallback(n_prompt: int, masks: dict[str, np.ndarray], name: str) -> int:
     return n_prompt - 1
 
 
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def pinned_revision(model_id: str | Path, config: Any) -> str | None:
+    """The commit of a Hub checkpoint whose ``config`` was loaded (transformers records it as
+    ``config._commit_hash``); the tokenizer/processor and weights are then loaded at that commit,
+    so a push between those loads cannot mix two commits. None for a local directory (its
+    content hash, :func:`_local_revision`, is recorded instead) or when no commit is known."""
+    if Path(str(model_id)).is_dir():
+        return None
+    sha = getattr(config, "_commit_hash", None)
+    return sha if isinstance(sha, str) and _COMMIT.fullmatch(sha) else None
+
+
 class TransformersAdapter(Adapter):
-    """Shared loading, provenance and tokenisation of transformers checkpoints."""
+    """Shared loading, provenance and tokenisation of transformers checkpoints.
+
+    ``revision`` (a branch, tag or commit; default ``main``) is resolved once, when the config
+    is loaded (or ``config`` is passed), and everything else is loaded at the resolved commit.
+    """
 
     def __init__(
         self,
@@ -185,6 +211,7 @@ class TransformersAdapter(Adapter):
         layout: str = "instruction_first",
         system_prompt: str | None = None,
         allow_pickle: bool = False,
+        config: Any = None,
     ):
         import transformers
 
@@ -199,6 +226,12 @@ class TransformersAdapter(Adapter):
         self.system_prompt = system_prompt
         self.use_chat_template = use_chat_template
         self._load_kwargs = dict(revision=revision or "main", trust_remote_code=self.trust_remote_code)
+        if config is None:
+            config = transformers.AutoConfig.from_pretrained(self.model_id, **self._load_kwargs)
+        self.config = config
+        self.resolved_revision = pinned_revision(self.model_id, config)
+        if self.resolved_revision is not None:
+            self._load_kwargs["revision"] = self.resolved_revision
         self._model_kwargs = dict(
             **self._load_kwargs,
             dtype=TORCH_DTYPES[dtype],
@@ -207,7 +240,6 @@ class TransformersAdapter(Adapter):
         )
         if device_map is not None:
             self._model_kwargs["device_map"] = device_map
-        self.config = transformers.AutoConfig.from_pretrained(self.model_id, **self._load_kwargs)
         self._device_map = device_map
         self._model = None
         self._load()
@@ -268,7 +300,12 @@ class TransformersAdapter(Adapter):
 
     def _tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
         enc = self.tokenizer(text, add_special_tokens=self._add_special(text), return_offsets_mapping=True)
-        return list(enc["input_ids"]), np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        ids = list(enc["input_ids"])
+        if not ids:  # nothing to read (no instruction, a silent first TR, no BOS): the start token
+            tok = self.tokenizer
+            start = next(t for t in (tok.bos_token_id, tok.eos_token_id, self._pad_id) if t is not None)
+            return [int(start)], np.zeros((1, 2), dtype=np.int64)
+        return ids, np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -299,6 +336,20 @@ class TransformersAdapter(Adapter):
         if path.is_dir():
             return _local_revision(path)
         return getattr(self.config, "_commit_hash", None) or self.revision or "unknown"
+
+    def identity(self) -> dict[str, Any]:
+        return {"revision": self._model_revision(), "dtype": self.dtype}  # config only: no weights
+
+    @functools.cached_property
+    def _logits_kw(self) -> dict[str, int]:
+        """Hidden states need no vocabulary logits: ask for the last position's only, where the
+        model's forward takes ``logits_to_keep`` (for a 7B model with a 152k vocabulary the full
+        logits of a batch of 8 clips are gigabytes)."""
+        return (
+            {"logits_to_keep": 1}
+            if "logits_to_keep" in inspect.signature(self.model.forward).parameters
+            else {}
+        )
 
     def provenance(self) -> dict[str, Any]:
         import transformers
@@ -379,7 +430,7 @@ class CausalLMAdapter(TransformersAdapter):
         return {"lm": (c.num_hidden_layers + 1, c.hidden_size)}
 
     def _forward_ids(self, ids, mask):
-        kw = {"logits_to_keep": 1} if hasattr(self.model, "lm_head") else {}
+        kw = self._logits_kw
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -877,6 +928,7 @@ class MultimodalAdapter(TransformersAdapter):
                     output_hidden_states=True,
                     return_dict=True,
                     use_cache=False,
+                    **self._logits_kw,
                 )
         finally:
             for h in hooks:
@@ -1126,7 +1178,8 @@ def load_adapter(model: str | Path | Adapter, **kwargs) -> Adapter:
     ``kwargs``: ``revision``, ``device``, ``dtype`` (float32, bfloat16, float16),
     ``trust_remote_code`` (False unless you pass True), ``attn_implementation``, ``device_map``,
     ``use_chat_template``, ``layout``, ``system_prompt``, ``allow_pickle`` (False: safetensors
-    only), and ``decoder_input`` for encoder-decoders.
+    only), and ``decoder_input`` for encoder-decoders. The config is loaded once, and the rest at
+    the commit it came from (:func:`pinned_revision`).
     """
     if isinstance(model, Adapter):
         return model
@@ -1140,7 +1193,7 @@ def load_adapter(model: str | Path | Adapter, **kwargs) -> Adapter:
     cls = adapter_class(config)
     if cls is not Seq2SeqAdapter:
         kwargs.pop("decoder_input", None)
-    return cls(model, **kwargs)
+    return cls(model, config=config, **kwargs)
 
 
 def describe(adapter: Adapter) -> str:

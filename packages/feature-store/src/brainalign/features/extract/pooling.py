@@ -17,6 +17,9 @@ Spans (the ``pooling`` key column):
 
 An empty span (a TR without word onsets, a response that ended at once) falls back to the
 last token of the prompt before it, i.e. the model's state when the span would have started.
+
+A sliding long-context window (:func:`~brainalign.features.stimuli.text_sliding_windows`) has a
+``tr_words`` span per TR it scores; :func:`pool_rows` pools them all from its one forward pass.
 """
 
 from __future__ import annotations
@@ -46,3 +49,16 @@ def pool_layers(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted sums over positions: ``hidden (layers, batch, seq, dim)`` and ``weights
     (batch, seq)`` give ``(layers, batch, dim)`` float32."""
     return torch.einsum("lbtd,bt->lbd", hidden.to(torch.float32), weights)
+
+
+def pool_rows(hidden: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Weighted sums for several rows per item: ``hidden (layers, batch, seq, dim)``, ``weights
+    (n_rows, seq)`` and ``rows (n_rows,)`` (the batch item of each row) give ``(layers, n_rows,
+    dim)`` float32. Row ``r`` is ``sum_t weights[r, t] * hidden[:, rows[r], t]``."""
+    out = torch.empty(
+        (hidden.shape[0], len(rows), hidden.shape[3]), dtype=torch.float32, device=hidden.device
+    )
+    for b in torch.unique(rows).tolist():
+        sel = torch.nonzero(rows == b).squeeze(1)
+        out[:, sel] = torch.einsum("ltd,rt->lrd", hidden[:, b].to(torch.float32), weights[sel])
+    return out

@@ -63,7 +63,39 @@ class Template:
         if "stimulus" in spans and focus is not None:
             a = spans["stimulus"][0]
             spans["tr_words"] = (a + focus[0], a + focus[1])
+            for k, (s, e) in enumerate(getattr(focus, "parts", ())):
+                name, before = part_spans(k)
+                spans[name] = (a + s, a + e)
+                if s == e:  # an empty part pools the last stimulus token before it
+                    spans[before] = (a, a + s)
         return Rendered(out, spans)
+
+
+class FocusParts(tuple):
+    """A focus ``(start, end)`` that also carries ``parts``: the character spans (in the
+    stimulus text) of the TRs one sliding long-context window scores.
+
+    Code that knows one focus sees the union of the parts; :meth:`Template.fill` adds a span
+    per part (and, for an empty part, the stimulus before it), named by :func:`part_spans`, so
+    an adapter's forward returns their token masks — found on each item's own tokens, hence
+    unaffected by padding — without knowing about windows.
+    """
+
+    parts: tuple[tuple[int, int], ...]
+
+    def __new__(cls, parts: Sequence[tuple[int, int]]):
+        parts = tuple((int(a), int(b)) for a, b in parts)
+        if not parts:
+            raise ValueError("parts: expected at least one (start, end) span")
+        self = super().__new__(cls, (min(a for a, _ in parts), max(b for _, b in parts)))
+        self.parts = parts
+        return self
+
+
+def part_spans(k: int) -> tuple[str, str]:
+    """Span names of part ``k`` of a :class:`FocusParts`: its tokens, and the stimulus tokens
+    before it (given for an empty part only, whose pooling falls back to the last of them)."""
+    return f"tr_words.{k}", f"tr_words.{k}.before"
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,15 @@ selects layers, pools each span with masks (padding never enters a mean), and wr
 feature stores keyed like :mod:`brainalign.features.schemas`. It resumes (units — one stimulus
 under one instruction — whose rows are all stored are skipped), shards (``shard=(i, n)``), and
 records provenance in the table metadata.
+
+A sliding long-context text window (:func:`~brainalign.features.stimuli.text_sliding_windows`)
+is one forward pass that yields one ``tr_words`` row per TR it scores (its ``segments``); its
+units are those TRs, and a window is recomputed while any of them is missing, writing only those.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -24,11 +29,11 @@ import pyarrow as pa
 import torch
 
 from ..instructions import Instruction, load_registry, resolve_instructions
-from ..stimuli import Manifest
-from ..store import FeatureStore, Table, create_table
-from .adapters import Adapter, load_adapter
-from .pooling import POOLINGS, pool_layers, span_weights
-from .prompts import sha256
+from ..stimuli import Manifest, Stimulus
+from ..store import FeatureStore, Table, create_table, provenance_runs
+from .adapters import Adapter, States, load_adapter
+from .pooling import POOLINGS, last_index, pool_layers, pool_rows, span_weights
+from .prompts import FocusParts, part_spans, sha256
 
 MAIN_COMPONENTS = ("lm", "encoder", "decoder")
 
@@ -154,6 +159,43 @@ def _done_units(uri: str, model: str, stimulus_set: str, expected: dict[str, int
     return out
 
 
+def _check_same_run(uris: Sequence[str], model: str, adapter: Adapter, prompts: dict[str, dict]) -> None:
+    """Refuse to add rows of ``model`` to a store that holds rows of it from a run with another
+    checkpoint revision, dtype or rendered prompt: resume would skip that run's units (their keys
+    do not name the revision) and the table would mix the two runs under one model name."""
+    now: dict[str, Any] | None = None
+    for uri in dict.fromkeys(uris):
+        st = _open(uri)
+        if st is None or not st.count_rows(f"model = {_sql_str(model)}"):
+            continue
+        old = provenance_runs(st.provenance).get(model)
+        if not old:
+            continue
+        now = adapter.identity() if now is None else now  # no weights loaded (a dry run stays cheap)
+        fields = [k for k in ("revision", "dtype") if old.get(k) is not None and old.get(k) != now.get(k)]
+        old_ins = old.get("instructions") if isinstance(old.get("instructions"), dict) else {}
+        changed = sorted(
+            i
+            for i, p in prompts.items()
+            if isinstance(old_ins.get(i), dict)
+            and old_ins[i].get("prompt_sha256") not in (None, p["prompt_sha256"])
+        )
+        if not fields and not changed:
+            continue
+
+        def desc(rev, dtype, shas):
+            ps = ", ".join(f"{i} {str(s)[:12]}" for i, s in shas.items())
+            return f"revision {rev} (dtype {dtype}" + (f", prompt sha256 {ps}" if ps else "") + ")"
+
+        raise ValueError(
+            f"model: the table at {uri} holds rows of {model} from "
+            + desc(old.get("revision"), old.get("dtype"), {i: old_ins[i]["prompt_sha256"] for i in changed})
+            + "; this run is "
+            + desc(now.get("revision"), now.get("dtype"), {i: prompts[i]["prompt_sha256"] for i in changed})
+            + "; resuming would mix the two: use another --model-name (model_name) or store"
+        )
+
+
 class _Writer:
     """Buffers pooled rows per store and writes them (committed, or as fragments)."""
 
@@ -193,6 +235,45 @@ class _Writer:
         self.buffers = {}
 
 
+# ---- sliding long-context windows ------------------------------------------------------------
+def _unit(ins_id: str, u: Stimulus) -> tuple:
+    return (ins_id, u.stimulus_id, u.run, u.tr)
+
+
+def _window_input(item: Stimulus) -> Stimulus:
+    """The window as the adapter reads it: its focus carries one span per scored TR."""
+    return dataclasses.replace(item, focus=FocusParts([s.focus for s in item.segments]))
+
+
+def _segment_weights(
+    st: States, wanted: Sequence[Sequence[int]], what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch item ``(n_rows,)`` and averaging weights ``(n_rows, seq)`` of segments ``wanted[b]``
+    of each window ``b``. An empty segment (a TR without words) takes the last stimulus token
+    before it, else the token before the stimulus, else the adapter's ``tr_words`` fallback."""
+    stim = st.spans.get("stimulus")
+    fb_all = st.fallback["tr_words"] if isinstance(st.fallback, dict) else st.fallback
+    rows, weights = [], []
+    for b, ks in enumerate(wanted):
+        for k in ks:
+            name, before = part_spans(k)
+            if name not in st.spans:
+                raise ValueError(
+                    f"{what} gives no per-TR spans of sliding windows (it does not read the window's "
+                    "text with its character offsets); embed the windows with another component"
+                )
+            mask = st.spans[name][b : b + 1]
+            if before in st.spans and st.spans[before][b].any():
+                fb = last_index(st.spans[before][b : b + 1])
+            elif stim is not None and stim[b].any():
+                fb = (torch.nonzero(stim[b])[:1, 0] - 1).clamp_min(0)
+            else:
+                fb = fb_all[b : b + 1]
+            rows.append(b)
+            weights.append(span_weights(mask, fb.to(torch.long)))
+    return torch.as_tensor(rows, dtype=torch.long), torch.cat(weights)
+
+
 def embed(
     manifest: Manifest,
     model: str | Path | Adapter,
@@ -223,7 +304,11 @@ def embed(
 
     Parameters
     ----------
-    manifest : the stimuli (:mod:`brainalign.features.stimuli`).
+    manifest : the stimuli (:mod:`brainalign.features.stimuli`). Sliding long-context text
+        windows (:func:`~brainalign.features.stimuli.text_sliding_windows`) take one forward per
+        window and write one ``tr_words`` row per TR (the only pooling they allow); ``shard``
+        splits windows, and ``resume`` recomputes a window while any of its TRs is missing but
+        writes only the missing TRs.
     model : a checkpoint (Hub id or local directory) or an :class:`Adapter`.
     instructions : registry ids, ``"family:<name>"``, :class:`Instruction` objects, or a mapping
         ``{id: text}``.
@@ -237,7 +322,8 @@ def embed(
         generates greedily (``max_new_tokens``, ``seed``) and writes a generations table
         (``generations``, default ``<store>.generations.lance``).
     shard : ``(i, n)`` or ``"i/n"``: the round-robin shard of the manifest this worker embeds.
-    resume : skip units (stimulus × instruction) whose rows are all stored already.
+    resume : skip units (stimulus × instruction) whose rows are all stored already. A store that
+        holds rows of this model name from another revision, dtype or prompt is refused.
     defer_commit : write data files without committing them; the fragments are returned (and
         saved to ``fragments_path`` as JSON) for :func:`commit_shards` to commit atomically.
     dry_run : return the :class:`EmbedPlan` (rendered prompts, row counts) without a forward.
@@ -300,6 +386,19 @@ def embed(
     per_unit = {
         ins.id: sum(len(layer_sel[c]) * len(spans_by[(ins.id, c)]) for c in comps) for ins in ins_list
     }
+    windowed = any(it.segments for it in full_manifest.items)
+    if windowed:
+        if not all(it.segments and it.text is not None for it in full_manifest.items):
+            raise ValueError(
+                "manifest: mixes sliding-window text items (with segments) and other items; embed them apart"
+            )
+        other = sorted({p for ps in spans_by.values() for p in ps} - {"tr_words"})
+        if other:
+            raise ValueError(
+                f"pooling: sliding-window manifests are pooled per TR, with 'tr_words' only (on main "
+                f"components); got {other}"
+            )
+    n_units = len(manifest.units())
     uris = _component_uris(store, comps) if store is not None else {}
     first = manifest.items[0] if manifest.items else (full_manifest.items[0] if full_manifest.items else None)
     prompts = {}
@@ -314,12 +413,15 @@ def embed(
         components=layer_sel,
         poolings={f"{k[0]}/{k[1]}": v for k, v in spans_by.items()},
         prompts=prompts,
-        rows=len(manifest) * sum(per_unit.values()),
+        rows=n_units * sum(per_unit.values()),
         rows_per_unit=per_unit,
-        units_total=len(manifest) * len(ins_list),
+        units_total=n_units * len(ins_list),
         stores=uris,
     )
-    # resume: a unit is done when every component's store holds all of its rows
+    # resume: a unit is done when every component's store holds all of its rows (of this run:
+    # rows of the same model name from another revision, dtype or prompt are refused)
+    if uris:
+        _check_same_run(list(uris.values()), model_key, adapter, prompts)
     done: set[tuple] | None = None
     if resume and uris:
         by_uri: dict[str, dict[str, int]] = {}
@@ -337,6 +439,14 @@ def embed(
     }
     plan.units_done = plan.units_total - sum(len(v) for v in todo.values())
     plan.rows_to_write = sum(len(v) * per_unit[k] for k, v in todo.items())
+    if windowed:  # units are a window's TRs: it is to do while any of them is missing
+        todo = {
+            ins.id: [it for it in manifest.items if any(_unit(ins.id, s) not in done for s in it.segments)]
+            for ins in ins_list
+        }
+        left = {ins.id: sum(_unit(ins.id, u) not in done for u in manifest.units()) for ins in ins_list}
+        plan.units_done = plan.units_total - sum(left.values())
+        plan.rows_to_write = sum(n * per_unit[k] for k, n in left.items())
     if dry_run:
         return plan
 
@@ -402,28 +512,40 @@ def embed(
                         }
                     )
                 )
+            units = batch  # what rows are keyed by: the items, or the missing TRs of windows
+            if windowed:
+                wanted = [
+                    [k for k, s in enumerate(it.segments) if _unit(ins.id, s) not in done] for it in batch
+                ]
+                units = [it.segments[k] for it, ks in zip(batch, wanted, strict=True) for k in ks]
+                batch = [_window_input(it) for it in batch]
             states = adapter.forward(batch, ins, comps, responses)
             for c in comps:
                 st = states[c]
                 hidden = torch.stack([torch.as_tensor(st.hidden[l]) for l in layer_sel[c]])
                 for p in spans_by[(ins.id, c)]:
-                    mask = st.spans.get(p)
-                    if mask is None:
-                        raise ValueError(f"{adapter.model_id}: component {c} produced no {p!r} span")
-                    fb = st.fallback[p] if isinstance(st.fallback, dict) else st.fallback
-                    w = span_weights(mask.to(hidden.device), fb.to(hidden.device))
-                    pooled = pool_layers(hidden, w).cpu().numpy()  # (layers, batch, dim)
+                    if windowed:
+                        rows, w = _segment_weights(st, wanted, f"{adapter.model_id}: component {c}")
+                        pooled = pool_rows(hidden, w.to(hidden.device), rows.to(hidden.device))
+                        pooled = pooled.cpu().numpy()  # (layers, TRs, dim)
+                    else:
+                        mask = st.spans.get(p)
+                        if mask is None:
+                            raise ValueError(f"{adapter.model_id}: component {c} produced no {p!r} span")
+                        fb = st.fallback[p] if isinstance(st.fallback, dict) else st.fallback
+                        w = span_weights(mask.to(hidden.device), fb.to(hidden.device))
+                        pooled = pool_layers(hidden, w).cpu().numpy()  # (layers, batch, dim)
                     L, B, _ = pooled.shape
                     writer.add(
                         c,
                         {
                             "stimulus_set": [manifest.stimulus_set] * (L * B),
-                            "stimulus_id": [it.stimulus_id for it in batch] * L,
-                            "run": [it.run for it in batch] * L,
-                            "tr": [it.tr for it in batch] * L,
-                            "onset_s": [it.onset_s for it in batch] * L,
-                            "window_start_s": [it.window_start_s for it in batch] * L,
-                            "window_end_s": [it.window_end_s for it in batch] * L,
+                            "stimulus_id": [it.stimulus_id for it in units] * L,
+                            "run": [it.run for it in units] * L,
+                            "tr": [it.tr for it in units] * L,
+                            "onset_s": [it.onset_s for it in units] * L,
+                            "window_start_s": [it.window_start_s for it in units] * L,
+                            "window_end_s": [it.window_end_s for it in units] * L,
                             "model": [model_key] * (L * B),
                             "instruction_id": [ins.id] * (L * B),
                             "component": [c] * (L * B),
@@ -434,7 +556,7 @@ def embed(
                     )
             if writer.pending() >= flush_rows:
                 writer.flush()
-            units_written += len(batch)
+            units_written += len(units)
             bar.update(len(batch))
         writer.flush()
     writer.flush()

@@ -1086,7 +1086,8 @@ def movie10_report(ctx: Any, out: Path, notes: list[str] | None = None) -> Repor
         f"""WITH c AS (SELECT s.subject, s.voxel, any_value(s.ceiling) AS ceiling FROM scores s
                        WHERE s.fit = {fit} GROUP BY ALL)
             SELECT {roi} AS roi, count(DISTINCT s.voxel) AS n_voxels, avg(s.ceiling) AS mean_ceiling,
-                   avg(CASE WHEN s.ceiling >= {float(ctx.recipe.fit.get("min_ceiling", 0.0))} THEN 1.0 ELSE 0.0 END)
+                   avg(CASE WHEN s.ceiling >= {float(ctx.recipe.fit.get("min_ceiling", 0.0))} AND s.ceiling > 0
+                            THEN 1.0 ELSE 0.0 END)
                        AS fraction_reliable
             FROM c s {join} GROUP BY ALL ORDER BY roi"""
     )

@@ -93,6 +93,8 @@ from typing import Any
 
 import numpy as np
 
+from brainalign.encoders import normalize
+
 from ..base import Progress, RecipeError, ReportPart, StudyDataset
 
 EXPDESIGN = "nsddata/experiments/nsd/nsd_expdesign.mat"
@@ -803,9 +805,9 @@ class NSD(StudyDataset):
                     "voxels": meta.get("n_voxels"),
                     "ceiling repeats": meta.get("repeats"),
                     "median ceiling (r)": meta.get("median_ceiling"),
-                    f"voxels with ceiling > {min_ceiling:g}": None
+                    f"voxels with ceiling >= {min_ceiling:g}": None
                     if ceil is None
-                    else int(np.sum(np.nan_to_num(ceil, nan=-1.0) > min_ceiling)),
+                    else int(np.sum(np.isfinite(normalize(1.0, ceil, min_ceiling=min_ceiling)))),
                 }
             )
 
