@@ -24,10 +24,10 @@ times, separately:
    timing the adapter's own calls while it runs.
 
 Forward FLOPs per clip (multiply-add = 2 FLOPs; norms, rotary embeddings and softmax ignored):
-``2 * P_lm * n + 4 * L * d * n**2 + 2 * V * d * n`` for the language model (``P_lm`` the weights
+``2 * P_lm * n + 4 * L * d * n**2 + 2 * V * d`` for the language model (``P_lm`` the weights
 of its decoder layers, ``n`` the clip's tokens, ``L`` layers, ``d`` width; the attention term
 counts the full ``n x n`` scores as SDPA computes them under a padding mask; the last term is
-the logits over the vocabulary ``V``, which the adapter's forward computes for every position)
+the logits over the vocabulary ``V``, which the adapter asks for at the last position only)
 plus ``2 * (P_blocks + P_patch) * p + 2 * P_merger * p / 4 + 4 * d_v * sum_blocks sum_chunks
 len**2`` for the vision tower (``p`` patches of the clip, chunks the 112 px windows in windowed
 blocks and whole frames in full-attention blocks). Achieved FLOP/s is that count over the
@@ -417,7 +417,7 @@ def clip_flops(params: dict, shape: dict, vocab: int, n_tokens: int, grid_thw) -
     out = {
         "lm_linear": 2 * params["lm_layers"] * n_tokens,
         "lm_attention": 4 * L * d * n_tokens**2,
-        "logits": 2 * vocab * d * n_tokens,
+        "logits": 2 * vocab * d,  # the last position only (the adapter passes logits_to_keep=1)
         "vision_linear": 2 * (params["vision_blocks"] + params["vision_patch_embed"]) * patches
         + 2 * params["vision_merger"] * patches // (merge * merge),
         "vision_attention": 4 * dv * sq,
@@ -492,7 +492,13 @@ def bench_model(adapter, manifest, frames, bs, timers: Timers, clock: Clock, rep
     def run(batches):
         with torch.inference_mode():
             for inputs in batches:
-                out = adapter.model(**inputs, output_hidden_states=True, return_dict=True, use_cache=False)
+                out = adapter.model(
+                    **inputs,
+                    output_hidden_states=True,
+                    return_dict=True,
+                    use_cache=False,
+                    **adapter._logits_kw,
+                )
                 del out
 
     run(batches[:1])  # warm-up

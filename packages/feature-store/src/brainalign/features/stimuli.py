@@ -171,6 +171,19 @@ def _tr_word_ranges(
     return words, n_trs, np.searchsorted(word_tr, trs, "left"), np.searchsorted(word_tr, trs, "right")
 
 
+def _tr_item(run: str | None, t: int, tr: float, **kw) -> Stimulus:
+    """The text item of TR ``t`` (one key scheme for per-TR items and sliding-window segments)."""
+    return Stimulus(
+        stimulus_id=f"{run or 'run'}-tr{t:05d}",
+        run=run,
+        tr=t,
+        onset_s=t * tr,
+        window_start_s=t * tr,
+        window_end_s=(t + 1) * tr,
+        **kw,
+    )
+
+
 def text_windows(
     words: Sequence[str],
     onsets: Sequence[float],
@@ -200,18 +213,7 @@ def text_windows(
         now = " ".join(words[first:last])
         text = (prefix + " " + now).strip() if now and prefix else (prefix or now)
         start = len(text) - len(now)
-        items.append(
-            Stimulus(
-                stimulus_id=f"{run or 'run'}-tr{t:05d}",
-                run=run,
-                tr=t,
-                onset_s=t * tr,
-                window_start_s=t * tr,
-                window_end_s=(t + 1) * tr,
-                text=text,
-                focus=(start, len(text)),
-            )
-        )
+        items.append(_tr_item(run, t, tr, text=text, focus=(start, len(text))))
     spec = {
         "modality": "text",
         "tr_s": tr,
@@ -278,17 +280,7 @@ def text_sliding_windows(
             else:  # no onsets: the end of the word before, where the TR's words would start
                 pos = int(char[a]) - 1 if a > 0 else 0
                 focus = (pos, pos)
-            segments.append(
-                Stimulus(
-                    stimulus_id=f"{run or 'run'}-tr{k:05d}",
-                    run=run,
-                    tr=k,
-                    onset_s=k * tr,
-                    window_start_s=k * tr,
-                    window_end_s=(k + 1) * tr,
-                    focus=focus,
-                )
-            )
+            segments.append(_tr_item(run, k, tr, focus=focus))
         items.append(
             Stimulus(
                 stimulus_id=f"{run or 'run'}-win{len(items):05d}",
