@@ -130,3 +130,17 @@ def test_embed_options_reach_provenance_and_query_views(gpt2, study):
         }
     ]
     assert open_table(tables / "generations.lance").provenance["model_key"] == "tiny-gpt2"
+
+
+def test_embed_bad_layers_is_a_usage_error(gpt2, study):
+    root, manifest = study
+    args = ["embed", manifest, "--model", gpt2, "--root", root / "tables", "--dry-run"]
+    for bad in ("a", "0,x", ","):
+        res = run_cli(*args, "--layers", bad, ok=False)
+        assert res.exit_code == 2, res.output
+        out = " ".join(res.output.split())
+        assert "--layers" in out and "comma-separated layer indices" in out and "relative depths" in out
+    plan = json.loads(run_cli(*args, "--layers", "0.5,-1", "--json").stdout)
+    assert plan["components"] == {"lm": [1, 2]}
+    res = run_cli(*args, "--shard", "2", ok=False)
+    assert res.exit_code == 1 and "shard: expected 'i/n'" in res.output

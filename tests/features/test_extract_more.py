@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from brainalign.features import FeatureStore, open_table, stimuli
 
@@ -333,3 +334,73 @@ def test_audio_encoder_component(family, tiny, media, tmp_path):
                 want = [s.mean(0) for s in states]
         for layer, w in enumerate(want):
             np.testing.assert_allclose(got[order[(item.stimulus_id, layer)]], w.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# ---- video frame rates -----------------------------------------------------------------------
+def test_qwen25_vl_clips_carry_their_frame_rate(tiny, media):
+    """Qwen2.5-VL places a clip's frames in time with ``second_per_grid_ts = temporal_patch_size /
+    fps``: 8 frames over a 1 s window are 8 fps, so the 4 temporal patches get 4 distinct
+    temporal rope positions (the processor's default 24 fps gave them all one position)."""
+    a = load_adapter(tiny("qwen2.5-vl"))
+    ins = get_instruction("video.captioning")
+    for window, frames in ((1.0, 8), (2.0, 8)):
+        m = stimuli.video_clips(
+            media["video"], tr=1.0, window_s=window, n_trs=3, frames_per_clip=frames, run="run-1"
+        )
+        assert m.spec["clip_fps"] == frames / window
+        items = m.items[1:]
+        inputs = a._processor_inputs(items, [a.render(ins, it).text for it in items], "right")
+        fps = frames / window
+        np.testing.assert_allclose(inputs["second_per_grid_ts"].numpy(), [2 / fps] * len(items))
+        pos, _ = a.model.model.get_rope_index(
+            inputs["input_ids"],
+            inputs["mm_token_type_ids"],
+            video_grid_thw=inputs["video_grid_thw"],
+            second_per_grid_ts=inputs["second_per_grid_ts"],
+            attention_mask=inputs["attention_mask"],
+        )
+        video = inputs["input_ids"] == a.model.config.video_token_id
+        t_grid = int(inputs["video_grid_thw"][0, 0])
+        tps = a.model.config.vision_config.tokens_per_second
+        for b in range(len(items)):
+            temporal = pos[0, b][video[b]]
+            steps = torch.unique(temporal - temporal.min())
+            assert len(steps) == t_grid
+            np.testing.assert_array_equal(steps.numpy(), (np.arange(t_grid) * 2 / fps * tps).astype(int))
+    assert a.provenance()["video_fps"].startswith("frames per clip")
+    # processors without a frame-rate input are called as before
+    assert load_adapter(tiny("internvl"))._video_rate_kwargs(items, [8, 8]) == {}
+
+
+def test_clip_fps_from_window_or_frame_times():
+    item = stimuli.Stimulus("c", window_start_s=1.0, window_end_s=2.49, frame_times=[0.0] * 8)
+    assert stimuli.clip_fps(item) == pytest.approx(8 / 1.49)
+    item = stimuli.Stimulus("c", frame_times=[0.1, 0.35, 0.6, 0.85])
+    assert stimuli.clip_fps(item) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="frame rate"):
+        stimuli.clip_fps(stimuli.Stimulus("c", frame_times=[0.2]))
+
+
+# ---- InstructBLIP Q-Former -------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["instructblip", "instructblip-video"])
+def test_qformer_rows_pool_the_query_tokens_only(family, tiny, media):
+    """The Q-Former also reads the prompt, padded to the batch's longest: its rows pool the query
+    tokens only, so a batch of prompts of different lengths equals its items one at a time."""
+    import dataclasses
+
+    a = load_adapter(tiny(family))
+    texts = ["a car", "the old sailor walked along the grey harbour and thought about the storm"]
+    if family == "instructblip":
+        base = image_manifest(media).items[:2]
+    else:
+        base = video_manifest(media).items[:2]
+    items = [dataclasses.replace(it, text=t, focus=(0, len(t))) for it, t in zip(base, texts, strict=True)]
+    batch = a.forward(items, CAPTION, ["lm", "qformer"])["qformer"]
+    n_layers = len(batch.hidden)
+    assert n_layers == 3
+    for b, it in enumerate(items):
+        one = a.forward([it], CAPTION, ["lm", "qformer"])["qformer"]
+        for layer in range(n_layers):
+            np.testing.assert_allclose(
+                np.asarray(batch.hidden[layer][b]), np.asarray(one.hidden[layer][0]), rtol=1e-4, atol=1e-5
+            )

@@ -146,3 +146,25 @@ def test_game_windows_frames_and_actions():
     assert m.items[1].actions == ["UP"]
     assert m.items[0].frame_times == [0.5, 1.5] and m.items[1].frame_times == [2.5, 3.5]
     assert int(m.items[1].images[0][0, 0, 0]) == 5
+
+
+def test_words_on_a_tr_boundary_start_that_tr():
+    """``k * 1.49 / 1.49`` floors to ``k - 1`` for some ``k`` in floating point: a word onset on
+    a TR boundary still belongs to the TR it starts, in every manifest built from onsets."""
+    tr = 1.49
+    onsets = np.array([k * tr for k in range(2000)])
+    assert (np.floor(onsets / tr) != np.arange(2000)).any()  # the trap the TR grid avoids
+    np.testing.assert_array_equal(stimuli.tr_index(onsets, tr), np.arange(2000))
+    assert stimuli.tr_index(40.23, tr) == 27
+    assert stimuli.tr_index(40.23 - 1e-6, tr) == 26
+    words = [f"w{k}" for k in range(2000)]
+    m = stimuli.text_windows(words, onsets, tr=tr, context_words=0)
+    assert len(m) == 2000
+    assert [it.text[slice(*it.focus)] for it in m.items] == words
+    w = stimuli.text_sliding_windows(words, onsets, tr=tr, window_words=50, stride=10)
+    segs = w.units()
+    assert [s.tr for s in segs] == list(range(2000))
+    by_tr = {s.tr: (it.text, s.focus) for it in w.items for s in it.segments}
+    assert all(text[slice(*f)] == f"w{k}" for k, (text, f) in by_tr.items())
+    g = stimuli.game_windows([np.zeros((2, 2, 3), np.uint8)] * 2, [0.0, 27 * tr], tr=tr)
+    assert len(g) == 28

@@ -848,3 +848,22 @@ def build_blip2(path: Path) -> Path:
 
 
 BUILDERS["blip-2"] = build_blip2
+
+
+def build_bert(path: Path) -> Path:
+    """A bidirectional encoder (``BertModel``): no generation."""
+    torch.manual_seed(12)
+    tok = train_tokenizer(pad="<pad>")
+    cfg = tf.BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+    )
+    return _save(tf.BertModel(cfg).eval(), tok, path)
+
+
+BUILDERS["bert"] = build_bert

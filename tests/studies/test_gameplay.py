@@ -266,6 +266,23 @@ def test_report_page_holds_every_table_and_figure(study):
     assert all(g["action - reasoning"] > 0 for g in gains.values())
 
 
+def test_a_baseline_narrower_than_the_pca_is_refused_up_front(study):
+    """PCA keeps at most a table's width: a 16-dimensional agent under pca = 32 would not be
+    matched to the MLLMs' 32 components, so the plan refuses it, naming the numbers."""
+    from brainalign.cli.studies.runner import plan_recipe
+
+    info = study["info"]
+    sets = [*study["overrides"], "fit.pca=32"]
+    rec = load_recipe(RECIPE, overrides=sets, data_root=info["root"], models=MODELS)
+    with pytest.raises(RecipeError) as err:
+        plan_recipe(rec)
+    assert "models (rl-agent).table: embeddings of 16 dimensions, but [fit] pca = 32" in str(err.value)
+    ok = load_recipe(
+        RECIPE, overrides=[*study["overrides"], "fit.pca=16"], data_root=info["root"], models=MODELS
+    )
+    assert plan_recipe(ok).fits
+
+
 def test_command_plans_and_rebuilds_the_report(study):
     info, sets = study["info"], study["overrides"]
     args = ["run", str(RECIPE), "--data", str(info["root"]), *[x for s in sets for x in ("--set", s)]]

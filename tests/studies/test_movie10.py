@@ -394,7 +394,8 @@ def test_audio_llms_and_the_base_vs_tuned_comparison(mini, tiny, tmp_path):
 
 
 # ---- the command ----------------------------------------------------------------------------
-def test_command_dry_run_of_the_full_recipe(mini, tiny, monkeypatch):
+def test_command_dry_run_of_the_full_recipe(mini, tiny, monkeypatch, tmp_path):
+    """The plan counts every model's stimuli from headers: no sound track is decoded."""
     from typer.testing import CliRunner
 
     from brainalign.cli.app import app
@@ -402,7 +403,8 @@ def test_command_dry_run_of_the_full_recipe(mini, tiny, monkeypatch):
     monkeypatch.setenv("MOVIE10_ROOT", str(mini["root"]))
     monkeypatch.setenv("MOVIE10_BASELINES", str(mini["baselines"]))
     args = ["run", str(RECIPE), "--data", str(mini["root"]), "--dry-run", "--json"]
-    args += ["--set", f"data.audio_dir={mini['audio_dir']}", "--set", "data.subjects=['sub-01', 'sub-02']"]
+    audio_dir = tmp_path / "audio-cache"  # empty: the dry run must not fill it
+    args += ["--set", f"data.audio_dir={audio_dir}", "--set", "data.subjects=['sub-01', 'sub-02']"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     plan = json.loads(res.output)
@@ -412,6 +414,8 @@ def test_command_dry_run_of_the_full_recipe(mini, tiny, monkeypatch):
     assert len(embeds) == 12 and embeds["videochat-r1-7b"]["n_items"] == sum(mm.SEGMENTS.values())
     assert len(embeds["videochat-r1-7b"]["instructions"]) == 13
     assert len(embeds["qwen2-audio-7b-instruct"]["instructions"]) == 5
+    assert embeds["qwen2-audio-7b-instruct"]["n_items"] == sum(mm.SEGMENTS.values())
+    assert not audio_dir.exists() or not any(audio_dir.iterdir())
     # a broken copy is refused before any work, naming the problem
     res = CliRunner().invoke(app, [*args, "--set", "data.space=fsaverage6"])
     assert res.exit_code == 1 and "space: expected one of" in res.output and "Traceback" not in res.output

@@ -840,8 +840,17 @@ def embed(
         dtype = dtype or ("bfloat16" if cuda else "float32")
         device = device or ("cuda" if cuda else "cpu")
     sel: object = "all"
-    if layers != "all":
-        sel = [float(x) if "." in x else int(x) for x in layers.split(",") if x.strip()]
+    if layers.strip() != "all":
+        try:
+            sel = [float(x) if "." in x else int(x) for x in layers.split(",") if x.strip()]
+        except ValueError:
+            sel = []
+        if not sel:
+            raise typer.BadParameter(
+                "expected all, or comma-separated layer indices (negative from the end, e.g. 0,-1) "
+                f"or relative depths in [0, 1] (e.g. 0.25,0.5); got {layers!r}",
+                param_hint="--layers",
+            )
     proj = _project(root)
     with _library_bars(_show_bars(as_json), transformers=True):
         res = run_embed(

@@ -125,9 +125,17 @@ def scores_table(
     ceiling,
     r_norm,
     split: str = "test",
+    cv_score=None,
 ) -> pa.Table:
-    """Rows of the scores table: one per (space, voxel); arrays are ``(n_spaces, n_voxels)``."""
+    """Rows of the scores table: one per (space, voxel); arrays are ``(n_spaces, n_voxels)``.
+    ``cv_score``: the mean validation score over training folds at the chosen alpha (null if
+    not given)."""
     n_spaces, n_vox = r.shape
+    cv = (
+        np.full(n_spaces * n_vox, np.nan, np.float32)
+        if cv_score is None
+        else np.asarray(cv_score, np.float32)
+    )
     n = n_spaces * n_vox
 
     def const(v):
@@ -152,6 +160,7 @@ def scores_table(
             "alpha": pa.array(np.asarray(alpha, np.float32).ravel()),
             "ceiling": pa.array(ceil, mask=~np.isfinite(ceil)),
             "r_norm": pa.array(rn, mask=~np.isfinite(rn)),
+            "cv_score": pa.array(cv.ravel(), mask=~np.isfinite(cv.ravel())),
         }
     )
 
@@ -306,7 +315,10 @@ def fit_scores(
     r_norm = (
         normalize(r, ceil, min_ceiling=min_ceiling) if np.isfinite(ceil).any() else np.full_like(r, np.nan)
     )
-    table = scores_table(fit_name, j.dataset, j.subject, j.spaces, r, r2, fit.best_alpha, ceil, r_norm)
+    cv_score = np.asarray(fit.cv_scores).max(axis=-2)  # the score of the chosen alpha, per voxel
+    table = scores_table(
+        fit_name, j.dataset, j.subject, j.spaces, r, r2, fit.best_alpha, ceil, r_norm, cv_score=cv_score
+    )
     stage(3, message=f"writing {len(table):,} score rows")
     provenance = {
         "fit": fit_name,

@@ -155,6 +155,9 @@ def scores_schema() -> pa.Schema:
             pa.field("alpha", pa.float32()),
             pa.field("ceiling", pa.float32()),
             pa.field("r_norm", pa.float32()),
+            # mean validation score over the CV folds of the training runs at the chosen alpha
+            # (the fit's selection score, R² by default): choose layers by this, not by test r
+            pa.field("cv_score", pa.float32()),
         ],
         metadata={KIND_KEY: b"scores"},
     )

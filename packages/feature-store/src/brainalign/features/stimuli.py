@@ -145,6 +145,14 @@ def _tr_windows(n_trs: int, tr: float, window_s: float, align: str) -> list[tupl
     raise ValueError(f"align: expected 'end', 'center' or 'start', got {align!r}")
 
 
+def tr_index(times: Any, tr: float) -> np.ndarray:
+    """The TR ``floor(times / tr)`` of times in seconds from run start, with a time on a TR
+    boundary in the TR it starts despite floating point (``40.23 / 1.49`` is ``26.99999...``):
+    a relative tolerance of 1e-9 TR."""
+    q = np.asarray(times, dtype=float) / float(tr)
+    return np.floor(q + 1e-9 * np.maximum(1.0, np.abs(q))).astype(int)
+
+
 # ---- text ------------------------------------------------------------------------------------
 def _tr_word_ranges(
     words: Sequence[str],
@@ -165,8 +173,8 @@ def _tr_word_ranges(
     if offsets is not None and np.asarray(offsets).shape != (len(words),):
         raise ValueError(f"offsets: expected shape ({len(words)},), got {np.asarray(offsets).shape}")
     if n_trs is None:
-        n_trs = int(np.floor(onsets.max() / tr)) + 1 if len(words) else 0
-    word_tr = np.floor(onsets / tr).astype(int)  # non-decreasing
+        n_trs = int(tr_index(onsets.max(), tr)) + 1 if len(words) else 0
+    word_tr = tr_index(onsets, tr)  # non-decreasing
     trs = np.arange(n_trs)
     return words, n_trs, np.searchsorted(word_tr, trs, "left"), np.searchsorted(word_tr, trs, "right")
 
@@ -386,7 +394,7 @@ def video_clips(
     window_s = tr if window_s is None else float(window_s)
     duration = video_duration(path)
     if n_trs is None:
-        n_trs = int(np.floor(duration / tr))
+        n_trs = int(tr_index(duration, tr))
     items = []
     eps = 1e-3
     for t, (a, b) in enumerate(_tr_windows(n_trs, tr, window_s, align)):
@@ -412,6 +420,7 @@ def video_clips(
         "window_s": window_s,
         "stride_s": tr,
         "frames_per_clip": frames_per_clip,
+        "clip_fps": frames_per_clip / window_s,
         "align": align,
         "decoder": "pyav",
         "frame_sampling": "midpoints of equal sub-intervals, nearest decoded frame",
@@ -453,6 +462,22 @@ def decode_frames(path: str | Path, times: Sequence[float]) -> np.ndarray:
     return np.stack(out)
 
 
+def clip_fps(item: Stimulus, n_frames: int | None = None) -> float:
+    """Frames per second of a video clip: its ``n_frames`` (default ``len(frame_times)``) over
+    its window ``window_end_s - window_start_s``; without a window, from the spacing of its
+    ``frame_times``."""
+    times = item.frame_times or []
+    n = len(times) if n_frames is None else int(n_frames)
+    a, b = item.window_start_s, item.window_end_s
+    if a is not None and b is not None and b > a and n > 0:
+        return n / (b - a)
+    if len(times) > 1 and times[-1] > times[0]:
+        return (len(times) - 1) / (times[-1] - times[0])
+    raise ValueError(
+        f"item: {item.stimulus_id} has neither a window nor distinct frame times to give its frame rate"
+    )
+
+
 def load_video_clip(item: Stimulus) -> np.ndarray:
     """The frames ``(frames_per_clip, H, W, 3)`` uint8 of a video item."""
     if item.video is None or item.frame_times is None:
@@ -480,7 +505,7 @@ def audio_windows(
     info = sf.info(str(path))
     duration = info.frames / info.samplerate
     if n_trs is None:
-        n_trs = int(np.floor(duration / tr))
+        n_trs = int(tr_index(duration, tr))
     items = [
         Stimulus(
             stimulus_id=f"{run or Path(path).stem}-tr{t:05d}",
@@ -559,7 +584,7 @@ def game_windows(
     if ft.shape != (len(frames),):
         raise ValueError(f"frame_times: expected shape ({len(frames)},), got {ft.shape}")
     if n_trs is None:
-        n_trs = int(ft.max() // tr) + 1
+        n_trs = int(tr_index(ft.max(), tr)) + 1
     items = []
     for t, (a, b) in enumerate(_tr_windows(n_trs, tr, window_s, align)):
         targets = a + (np.arange(frames_per_window) + 0.5) * (b - a) / frames_per_window

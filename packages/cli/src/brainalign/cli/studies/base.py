@@ -96,6 +96,13 @@ class StudyDataset:
         ``options`` come from the recipe's ``[embed.<modality>]`` table."""
         raise NotImplementedError
 
+    def plan_items(self, modality: str, **options: Any) -> tuple[int, str]:
+        """``(number of stimuli, stimulus_set)`` that :meth:`manifest` would give, for
+        ``--dry-run``. The default builds the manifest; a loader whose manifest decodes media
+        (an audio track, say) overrides it with a count from headers."""
+        man = self.manifest(modality, **options)
+        return len(man.items), man.stimulus_set
+
     # ---- responses -----------------------------------------------------------------------
     def ingest(self, responses: Path, voxels: Path, *, progress: Progress | None = None) -> list[Any]:
         """Write the responses and voxels tables for every selected subject; return the

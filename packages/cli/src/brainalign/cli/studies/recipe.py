@@ -41,7 +41,7 @@ Layout (see ``studies/*.toml`` for the four seed studies)::
     [[partitions]]
     name = "vs-captioning"
     model = "*"                         # every model, or one name
-    layer = "best"                      # the best layer of the fit, or an index
+    layer = "best"                      # best in training-run CV, or an index
     reference = "image.captioning"      # each instruction vs this one; or spaces = {a = "SQL", ...}
 
     [report]
@@ -105,7 +105,7 @@ FIT_KEYS = {
     "max_gb",
 }
 PARTITION_KEYS = {"name", "model", "layer", "reference", "spaces", "instructions", "correction"}
-REPORT_KEYS = {"format", "compare", "maps", "max_maps", "aggregate"}
+REPORT_KEYS = {"format", "compare", "maps", "max_maps", "aggregate", "normalize"}
 EMBED_KEYS = {
     "use_chat_template",
     "batch_size",
@@ -532,6 +532,11 @@ def parse_recipe(
     _unknown(report, REPORT_KEYS, "report", problems)
     if report.get("aggregate", "mean") not in ("mean", "median"):
         problems.append(f"report.aggregate: expected 'mean' or 'median', got {report.get('aggregate')!r}")
+    if report.get("normalize", "voxel") not in ("voxel", "aggregate"):
+        problems.append(
+            f"report.normalize: expected 'voxel' (r / ceiling per voxel, then aggregate) or 'aggregate' "
+            f"(aggregate r / median ceiling, as Brain-Score), got {report.get('normalize')!r}"
+        )
     if report.get("format", "html") not in ("html", "md"):
         problems.append(f"report.format: expected 'html' or 'md', got {report.get('format')!r}")
     for pair in report.get("compare", []):

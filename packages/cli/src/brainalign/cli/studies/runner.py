@@ -196,6 +196,8 @@ def open_datasets(recipe: Recipe) -> dict[str, StudyDataset]:
                 problems.append(f"models ({m.name}).checkpoint: {m.checkpoint} has no config.json")
         if m.source == "table" and not Path(m.table).exists():
             problems.append(f"models ({m.name}).table: no such features table {m.table}")
+        elif m.source == "table":
+            problems += _matched_dimensionality(recipe, m)
         for p in recipe.partitions:
             if p.model not in ("*", m.name):
                 continue
@@ -211,6 +213,32 @@ def open_datasets(recipe: Recipe) -> dict[str, StudyDataset]:
     if problems:
         raise RecipeError(problems)
     return loaders
+
+
+def _matched_dimensionality(recipe: Recipe, m: ModelSpec) -> list[str]:
+    """A supplied table narrower than the fit's PCA would not be reduced to the same number of
+    components as the other models (PCA keeps at most the table's width): say so up front."""
+    from brainalign.features import open_table
+
+    try:
+        dim = open_table(m.table).schema.field("embedding").type.list_size
+    except Exception as exc:  # any unreadable table is one listed problem
+        return [f"models ({m.name}).table: cannot read {m.table}: {' '.join(str(exc).split())}"]
+    out = []
+    for d in recipe.data:
+        if m not in recipe.models_for(d):
+            continue
+        try:
+            pca = fit_preset(fit_settings(recipe, d)).pca
+        except Exception:  # bad fit settings are reported by their own check
+            continue
+        if pca and dim < pca:
+            out.append(
+                f"models ({m.name}).table: embeddings of {dim} dimensions, but [fit] pca = {pca} reduces "
+                f"every model of {d.name} to {pca} components; set pca <= {dim} so that the spaces are "
+                "compared at matched dimensionality"
+            )
+    return out
 
 
 # ---- plan ---------------------------------------------------------------------------------
@@ -314,13 +342,15 @@ def plan_recipe(recipe: Recipe, loaders: dict[str, StudyDataset] | None = None) 
             ids = expand_instructions(m.instructions)
             entry: dict[str, Any] = {"model": m.name, "data": d.name, "source": m.source, "instructions": ids}
             if m.source == "embed" and loader.kind == "fmri":
-                man = loader.manifest(m.modality, **recipe.embed["modalities"].get(m.modality, {}))
+                n_items, stimulus_set = loader.plan_items(
+                    m.modality, **recipe.embed["modalities"].get(m.modality, {})
+                )
                 n_states, dim = _model_shape(m)
                 n_layers = _n_layers(m.layers, n_states)
                 n_comp = len(m.components) if m.components else 1
-                entry.update(n_items=len(man.items), n_layers=n_layers, stimulus_set=man.stimulus_set)
+                entry.update(n_items=n_items, n_layers=n_layers, stimulus_set=stimulus_set)
                 if n_layers is not None and dim is not None:
-                    rows = len(man.items) * len(ids) * n_layers * len(m.pooling) * n_comp
+                    rows = n_items * len(ids) * n_layers * len(m.pooling) * n_comp
                     width = 2 if recipe.embed.get("storage_dtype", "float32") == "float16" else 4
                     entry.update(rows=rows, bytes=rows * dim * width)
                     total += rows * dim * width
@@ -594,6 +624,29 @@ def _score_expr(ctx: RunContext) -> str:
     return "median" if ctx.recipe.report.get("aggregate", "mean") == "median" else "avg"
 
 
+def _score_sql(ctx: RunContext, alias: str = "") -> str:
+    """The aggregate score over voxels of one group of scores rows, as SQL.
+
+    ``[report] normalize = "voxel"`` (default): the aggregate of ``r_norm`` (each voxel's r over
+    its own ceiling, where the ceiling passes ``min_ceiling``). ``"aggregate"``: the aggregate of
+    r divided by the median ceiling of the group's voxels (Brain-Score's order). Without
+    ceilings, the aggregate of r.
+    """
+    agg, a = _score_expr(ctx), alias
+    if ctx.metric == "r_norm" and ctx.recipe.report.get("normalize", "voxel") == "aggregate":
+        return f"{agg}({a}r) / median({a}ceiling) FILTER (WHERE isfinite({a}ceiling) AND {a}ceiling > 0)"
+    return f"{agg}({a}{ctx.metric})"
+
+
+def _score_label(ctx: RunContext) -> str:
+    agg = ctx.recipe.report.get("aggregate", "mean")
+    if ctx.metric != "r_norm":
+        return f"{agg} over voxels of held-out Pearson r"
+    if ctx.recipe.report.get("normalize", "voxel") == "aggregate":
+        return f"{agg} over voxels of held-out Pearson r, divided by the median ceiling"
+    return f"{agg} over voxels of ceiling-normalised r"
+
+
 def _query(ctx: RunContext, sql: str):
     from ..query import run_query
 
@@ -605,14 +658,16 @@ def _detect_metric(ctx: RunContext) -> str:
     return "r_norm" if n else "r"
 
 
-def layer_scores(ctx: RunContext) -> dict[tuple[str, str, str, str, int], float]:
+def layer_scores(ctx: RunContext, *, cv: bool = False) -> dict[tuple[str, str, str, str, int], float]:
     """(model, instruction_id, component, pooling, layer) -> aggregate held-out score of the
-    fit, averaged over subjects (the score of the study tables)."""
-    agg = _score_expr(ctx)
+    fit, averaged over subjects (the score of the study tables). ``cv=True``: the mean over
+    voxels of the validation score over the training runs' folds instead, which chooses layers
+    without looking at the test runs."""
+    expr = "avg(cv_score)" if cv else _score_sql(ctx)
     rows = _query(
         ctx,
         f"""WITH per AS (SELECT subject, model, instruction_id, component, pooling, layer,
-                                {agg}({ctx.metric}) AS score
+                                {expr} AS score
                          FROM scores s SEMI JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
                          WHERE fit = {_q(ctx.fit)} GROUP BY ALL)
             SELECT model, instruction_id, component, pooling, layer, avg(score) AS score FROM per GROUP BY ALL""",
@@ -628,7 +683,8 @@ def partition_layer(
     scores: dict, model: str, instructions: Sequence[str], comp: str, pool: str
 ) -> int | None:
     """The layer of a partition: where the selections' instructions predict best on average
-    (symmetric in the selections, so no selection is favoured); ``None`` without scores."""
+    in ``scores`` (the runner passes training-CV scores; symmetric in the selections, so no
+    selection is favoured); ``None`` without scores."""
     by_layer: dict[int, list[float]] = {}
     for (m, ins, c, p, layer), v in scores.items():
         if m == model and c == comp and p == pool and ins in instructions:
@@ -674,7 +730,9 @@ def _partition(ctx: RunContext, say: Progress) -> None:
     from ..partition import partition_variance
 
     recipe = ctx.recipe
-    scores = layer_scores(ctx)
+    # the partition layer is chosen on the training runs' CV scores: the partition is scored
+    # on the test runs, so choosing by test scores would bias its totals upwards
+    scores = layer_scores(ctx, cv=True)
     fit = fit_settings(recipe, ctx.data)
     preset = fit_preset(fit)
     for p in recipe.partitions:
@@ -735,7 +793,7 @@ def _partition(ctx: RunContext, say: Progress) -> None:
 # ---- study tables ---------------------------------------------------------------------------
 def study_tables(ctx: RunContext) -> dict[str, list[dict]]:
     """The comparison tables of one dataset (see the module docstring)."""
-    agg = _score_expr(ctx)
+    score = _score_sql(ctx, "s.")
     groups = {m.name: m.group for m in ctx.models}
     dataset = ctx.data.name
     names = ", ".join(_q(m.name) for m in ctx.models) or "NULL"
@@ -743,11 +801,11 @@ def study_tables(ctx: RunContext) -> dict[str, list[dict]]:
         f"s.fit = {_q(ctx.fit)} AND s.model IN ({names})"  # rows of models no longer in the recipe stay out
     )
     per = f"""per AS (SELECT s.subject, coalesce(v.roi, 'unlabelled') AS roi, s.model, s.instruction_id,
-                             s.component, s.pooling, s.layer, {agg}(s.{ctx.metric}) AS score
+                             s.component, s.pooling, s.layer, {score} AS score
                       FROM scores s JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
                       WHERE {keep} GROUP BY ALL)"""
     whole = f"""whole AS (SELECT s.subject, s.model, s.instruction_id, s.component, s.pooling, s.layer,
-                                {agg}(s.{ctx.metric}) AS score
+                                {score} AS score
                          FROM scores s SEMI JOIN voxels v ON v.voxel = s.voxel AND v.subject = s.subject
                          WHERE {keep} GROUP BY ALL)"""
     # per (model, pooling): instructions ranked by the score of their best (component, layer)
@@ -1026,9 +1084,7 @@ def run_recipe(
             notes += [f"{ctx.data.name}: {n}" for n in ctx.report.notes]
             if ctx.dataset.kind == "fmri":
                 notes.append(
-                    f"{ctx.data.name}: score = {ctx.recipe.report.get('aggregate', 'mean')} over voxels of "
-                    f"{'ceiling-normalised r' if ctx.metric == 'r_norm' else 'held-out Pearson r'}, "
-                    f"averaged over subjects {ctx.subjects}"
+                    f"{ctx.data.name}: score = {_score_label(ctx)}, averaged over subjects {ctx.subjects}"
                 )
         page = out / f"index.{recipe.report.get('format', 'html')}"
         _write_page(page, recipe, all_tables, figures, notes, recipe.report.get("format", "html"))

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..instructions import Instruction
-from ..stimuli import Stimulus, load_audio_window, load_image, load_video_clip
+from ..stimuli import Stimulus, clip_fps, load_audio_window, load_image, load_video_clip
 from .prompts import (
     INS,
     SEPARATOR,
@@ -116,6 +116,10 @@ class Adapter:
         self, items: Sequence[Stimulus], instruction: Instruction, max_new_tokens: int
     ) -> list[list[int]]:
         raise NotImplementedError(f"{type(self).__name__} does not generate responses")
+
+    def can_generate(self) -> bool:
+        """Whether :meth:`generate` is implemented (``response`` pooling needs it)."""
+        return type(self).generate is not Adapter.generate
 
     def decode(self, ids: Sequence[int]) -> str:
         raise NotImplementedError
@@ -361,7 +365,7 @@ class TransformersAdapter(Adapter):
             "revision_requested": self.revision,
             "revision": self._model_revision(),
             "dtype": self.dtype,
-            "device": str(self.device),
+            **self._device_provenance(),
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
             "trust_remote_code": self.trust_remote_code,
             "transformers": transformers.__version__,
@@ -374,6 +378,19 @@ class TransformersAdapter(Adapter):
                 str(getattr(getattr(self, "processor", None) or self.tokenizer, "chat_template", None) or "")
             ),
         }
+
+    def _device_provenance(self) -> dict[str, Any]:
+        """``device``; for a model placed with ``device_map``, every device it spans and its
+        ``hf_device_map`` (module name -> device)."""
+        placed = getattr(self.model, "hf_device_map", None)
+        if not isinstance(placed, dict) or not placed:
+            return {"device": str(self.device)}
+        dmap = {
+            str(k): (v if isinstance(v, int) and not isinstance(v, bool) else str(v))
+            for k, v in placed.items()
+        }
+        devices = sorted({f"cuda:{v}" if isinstance(v, int) else v for v in dmap.values()})
+        return {"device": ",".join(devices), "device_map": dmap}
 
     def _text_inputs(self, items, instruction, responses=None):
         """Right-padded ids of prompt (+ response) per item and numpy span masks."""
@@ -490,6 +507,13 @@ class EncoderAdapter(CausalLMAdapter):
         )
         return out.hidden_states
 
+    def can_generate(self) -> bool:
+        return False
+
+    def spans_for(self, component, response=False):
+        spans = super().spans_for(component, response)
+        return tuple(p for p in spans if p != "response")
+
     def generate(self, items, instruction, max_new_tokens):
         raise NotImplementedError(f"{self.model_id} is an encoder; it cannot generate responses")
 
@@ -530,6 +554,9 @@ class Seq2SeqAdapter(TransformersAdapter):
 
     def provenance(self):
         return {**super().provenance(), "decoder_input": self.decoder_input}
+
+    def identity(self):
+        return {**super().identity(), "decoder_input": self.decoder_input}
 
     def spans_for(self, component, response=False):
         if component == "encoder":
@@ -796,6 +823,35 @@ class MultimodalAdapter(TransformersAdapter):
                 break
         return found
 
+    def _video_rate_kwargs(self, items, n_frames: Sequence[int]) -> dict[str, Any]:
+        """The clips' frame rates, for processors that place video frames in time (Qwen2.5-VL's
+        ``second_per_grid_ts``, the Qwen2.5-Omni thinker's ``video_second_per_grid``, both
+        ``temporal_patch_size / fps``): without them the processor assumes a default rate (24 fps
+        for Qwen2.5-VL) and the frames of a short clip share one temporal position. The frames
+        are sampled already, so the processor samples none. Other processors take no rate."""
+        names = set(getattr(self.processor, "model_input_names", None) or ())
+        if not names & {"second_per_grid_ts", "video_second_per_grid"}:
+            return {}
+        fps = [clip_fps(it, n) for it, n in zip(items, n_frames, strict=True)]
+        if "second_per_grid_ts" in names:
+            meta = [
+                {"total_num_frames": n, "fps": f, "duration": n / f, "frames_indices": list(range(n))}
+                for n, f in zip(n_frames, fps, strict=True)
+            ]
+            return {"video_metadata": meta, "do_sample_frames": False}
+        if max(fps) - min(fps) > 1e-9 * max(fps):
+            raise ValueError(
+                f"items: {self.model_id} takes one frame rate per batch; got clips of {sorted(set(fps))} fps"
+            )
+        return {"fps": fps[0], "do_sample_frames": False}
+
+    def provenance(self) -> dict[str, Any]:
+        prov = super().provenance()
+        names = set(getattr(self.processor, "model_input_names", None) or ())
+        if names & {"second_per_grid_ts", "video_second_per_grid"}:
+            prov["video_fps"] = "frames per clip / (window_end_s - window_start_s) of each clip"
+        return prov
+
     def _processor_inputs(self, items, texts, padding_side: str):
         # padding_side is passed too: some processors (InternVL) default to left padding whatever
         # the tokenizer says
@@ -814,7 +870,9 @@ class MultimodalAdapter(TransformersAdapter):
         elif kind == ("video",):
             # InstructBLIP-Video's processor takes clips as ``images``
             key = "images" if self.config.model_type == "instructblipvideo" else "videos"
-            kw[key] = [load_video_clip(it) for it in items]
+            clips = [load_video_clip(it) for it in items]
+            kw[key] = clips
+            kw.update(self._video_rate_kwargs(items, [len(c) for c in clips]))
         elif kind == ("audio",):
             kw["audio"] = [load_audio_window(it) for it in items]
             kw["sampling_rate"] = items[0].sample_rate
@@ -971,9 +1029,14 @@ class MultimodalAdapter(TransformersAdapter):
         return out
 
     def _pool_component(self, t: torch.Tensor, items, inputs, comp: str) -> torch.Tensor:
-        """Mean over every patch / query / audio frame of each item: ``(batch, dim)`` float32."""
+        """Mean over every patch / query / audio frame of each item: ``(batch, dim)`` float32.
+        The Q-Former's states also cover the instruction's Q-Former tokens, padded to the batch's
+        longest, after its query tokens: only the queries are pooled."""
         B = len(items)
         t = t.to(torch.float32)
+        n_query = getattr(self.config, "num_query_tokens", None)
+        if comp == "qformer" and isinstance(n_query, int) and t.dim() == 3:
+            t = t[:, :n_query]
         if comp == "audio":
             frames = self._audio_frames(inputs)
             if t.dim() == 2:  # packed frames of all items (Qwen2.5-Omni)

@@ -71,25 +71,41 @@ class EmbedResult:
     generations: str | None = None
 
 
-def select_layers(layers: Any, n_states: int) -> list[int]:
+def select_layers(layers: Any, n_states: int, component: str | None = None) -> list[int]:
     """Layer indices from ``"all"``, ints (negative counts from the end) or relative depths
-    (floats in [0, 1]: ``round(f * (n_states - 1))``). Layer 0 is the embedding output."""
+    (floats in [0, 1]: ``round(f * (n_states - 1))``). Layer 0 is the embedding output.
+    ``component`` names the component in error messages."""
+    of = f" of component {component!r}" if component else ""
     if layers is None or (isinstance(layers, str) and layers == "all"):
         return list(range(n_states))
-    if isinstance(layers, (int, float)):
+    if isinstance(layers, (int, float, str)):
         layers = [layers]
     out = []
     for v in layers:
-        if isinstance(v, float):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ValueError(
+                f"layers{of}: expected 'all', layer indices (ints, negative from the end) or relative "
+                f"depths (floats in [0, 1]), got {v!r}"
+            )
+        if isinstance(v, (float, np.floating)):
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"layers: relative depth {v} is outside [0, 1]")
-            idx = round(v * (n_states - 1))
+                raise ValueError(f"layers{of}: relative depth {v} is outside [0, 1]")
+            idx = round(float(v) * (n_states - 1))
         else:
             idx = int(v) + (n_states if int(v) < 0 else 0)
         if not 0 <= idx < n_states:
-            raise ValueError(f"layers: {v} is outside 0..{n_states - 1} ({n_states} hidden states)")
+            raise ValueError(f"layers{of}: {v} is outside 0..{n_states - 1} ({n_states} hidden states)")
         out.append(idx)
     return sorted(set(out))
+
+
+def stack_layers(hidden: Sequence[Any], layers: Sequence[int]) -> torch.Tensor:
+    """Hidden states ``hidden[l]`` of ``layers`` as one ``(layers, batch, seq, dim)`` tensor on
+    the device of the first: a model split with ``device_map`` leaves its layers' states on
+    several devices."""
+    states = [torch.as_tensor(hidden[lay]) for lay in layers]
+    device = states[0].device
+    return torch.stack([t.to(device) for t in states])
 
 
 def code_version() -> str:
@@ -134,35 +150,78 @@ def _sql_str(v: str) -> str:
     return "'" + v.replace("'", "''") + "'"
 
 
-def _done_units(uri: str, model: str, stimulus_set: str, expected: dict[str, int]) -> set[tuple]:
-    """Units ``(instruction_id, stimulus_id, run, tr)`` whose rows of this store are complete."""
+def _stored_rows(
+    uri: str, model: str, stimulus_set: str, expected: dict[str, set[tuple[str, int, str]]]
+) -> dict[tuple, set[tuple[str, int, str]]]:
+    """The rows this run asks for that the store holds already: ``{unit: {(component, layer,
+    pooling), ...}}`` per unit ``(instruction_id, stimulus_id, run, tr)``, only the triples of
+    ``expected[instruction_id]``; rows of other components, layers or poolings (another run's)
+    do not count."""
     st = _open(uri)
     if st is None or st.count_rows() == 0:
-        return set()
+        return {}
+    unit = ["instruction_id", "stimulus_id", "run", "tr"]
     t = st.to_table(
-        columns=["instruction_id", "stimulus_id", "run", "tr"],
+        columns=[*unit, "component", "layer", "pooling"],
         filter=f"model = {_sql_str(model)} AND stimulus_set = {_sql_str(stimulus_set)}",
     )
     if len(t) == 0:
-        return set()
-    g = t.group_by(["instruction_id", "stimulus_id", "run", "tr"]).aggregate([("stimulus_id", "count")])
-    out = set()
-    for ins, sid, run, tr, n in zip(
-        *[
-            g.column(c).to_pylist()
-            for c in ("instruction_id", "stimulus_id", "run", "tr", "stimulus_id_count")
-        ],
-        strict=True,
-    ):
-        if n >= expected.get(ins, 1 << 62):
-            out.add((ins, sid, run, tr))
+        return {}
+    want = [(ins, c, int(lay), p) for ins, rows in expected.items() for c, lay, p in rows]
+    if not want:
+        return {}
+    wanted = pa.table(
+        {
+            "instruction_id": pa.array([w[0] for w in want], pa.string()),
+            "component": pa.array([w[1] for w in want], pa.string()),
+            "layer": pa.array([w[2] for w in want], t.schema.field("layer").type),
+            "pooling": pa.array([w[3] for w in want], pa.string()),
+        }
+    )
+    keys = ["instruction_id", "component", "layer", "pooling"]
+    t = t.select([*unit, "component", "layer", "pooling"]).group_by([*unit, "component", "layer", "pooling"])
+    t = t.aggregate([]).join(wanted, keys=keys, join_type="inner")
+    out: dict[tuple, set[tuple[str, int, str]]] = {}
+    cols = [t.column(c).to_pylist() for c in (*unit, "component", "layer", "pooling")]
+    for ins, sid, run, tr, c, lay, p in zip(*cols, strict=True):
+        out.setdefault((ins, sid, run, tr), set()).add((c, int(lay), p))
     return out
 
 
-def _check_same_run(uris: Sequence[str], model: str, adapter: Adapter, prompts: dict[str, dict]) -> None:
+def _check_same_decoding(st: FeatureStore, uri: str, model: str, old: dict, now: dict, decoding) -> None:
+    """Refuse decoder rows fed another ``decoder_input`` (encoder-decoders), and response rows
+    generated with other decoding settings (``max_new_tokens``, ``seed``) when this run embeds
+    responses too."""
+    m = f"model = {_sql_str(model)}"
+    old_in, now_in = old.get("decoder_input"), now.get("decoder_input")
+    if old_in is not None and now_in is not None and old_in != now_in:
+        if st.count_rows(f"{m} AND component = 'decoder'"):
+            raise ValueError(
+                f"decoder_input: the table at {uri} holds decoder rows of {model} fed {old_in!r}; this "
+                f"run feeds {now_in!r}; resuming would mix the two: use another --model-name "
+                "(model_name) or store"
+            )
+    before = old.get("decoding")
+    if decoding is None or not isinstance(before, dict) or not st.count_rows(f"{m} AND pooling = 'response'"):
+        return
+    diff = [k for k in ("max_new_tokens", "seed") if k in before and before[k] != decoding.get(k)]
+    if diff:
+        was = ", ".join(f"{k} {before[k]}" for k in diff)
+        is_ = ", ".join(f"{k} {decoding.get(k)}" for k in diff)
+        raise ValueError(
+            f"decoding: the table at {uri} holds response rows of {model} generated with {was}; this "
+            f"run uses {is_}; resuming would mix the two: use another --model-name (model_name) or store"
+        )
+
+
+def _check_same_run(
+    uris: Sequence[str], model: str, adapter: Adapter, prompts: dict[str, dict], decoding: dict | None = None
+) -> None:
     """Refuse to add rows of ``model`` to a store that holds rows of it from a run with another
     checkpoint revision, dtype or rendered prompt: resume would skip that run's units (their keys
-    do not name the revision) and the table would mix the two runs under one model name."""
+    do not name the revision) and the table would mix the two runs under one model name. Also
+    another decoder input, or other decoding settings for response rows
+    (:func:`_check_same_decoding`)."""
     now: dict[str, Any] | None = None
     for uri in dict.fromkeys(uris):
         st = _open(uri)
@@ -181,6 +240,7 @@ def _check_same_run(uris: Sequence[str], model: str, adapter: Adapter, prompts: 
             and old_ins[i].get("prompt_sha256") not in (None, p["prompt_sha256"])
         )
         if not fields and not changed:
+            _check_same_decoding(st, uri, model, old, now, decoding)
             continue
 
         def desc(rev, dtype, shas):
@@ -343,8 +403,13 @@ def embed(
     if store is None and not dry_run:
         raise ValueError("store: pass the features table URI to write into")
     if isinstance(shard, str):
-        i, n = shard.split("/")
-        shard = (int(i), int(n))
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise ValueError(
+                f"shard: expected 'i/n' (shard i of n, 0 <= i < n, e.g. '0/4'), got {shard!r}"
+            ) from None
+        shard = (i, n)
     full_manifest = manifest
     if shard is not None:
         manifest = manifest.shard(*shard)
@@ -352,6 +417,12 @@ def embed(
     adapter = load_adapter(model, **adapter_kwargs)
     model_key = model_name or adapter.model_id
     respond = "response" in pooling
+    if respond and not adapter.can_generate():
+        raise ValueError(
+            f"pooling: 'response' needs a model that generates and {adapter.model_id} "
+            f"({type(adapter).__name__}) does not: expected some of "
+            f"{[p for p in POOLINGS if p != 'response']}, got {list(pooling)}"
+        )
 
     comps = (
         list(components) if components is not None else list(getattr(adapter, "default_components", ("lm",)))
@@ -365,7 +436,7 @@ def embed(
             f"components: {missing} not available for {adapter.model_id}; it has {sorted(available)}"
         )
     layer_sel = {
-        c: select_layers(layers.get(c, "all") if isinstance(layers, Mapping) else layers, available[c][0])
+        c: select_layers(layers.get(c, "all") if isinstance(layers, Mapping) else layers, available[c][0], c)
         for c in comps
     }
     has_focus = any(it.focus is not None for it in manifest.items[:1])
@@ -420,42 +491,53 @@ def embed(
     )
     # resume: a unit is done when every component's store holds all of its rows (of this run:
     # rows of the same model name from another revision, dtype or prompt are refused)
-    if uris:
-        _check_same_run(list(uris.values()), model_key, adapter, prompts)
-    done: set[tuple] | None = None
-    if resume and uris:
-        by_uri: dict[str, dict[str, int]] = {}
-        for c in comps:
-            exp = by_uri.setdefault(uris[c], {})
-            for ins in ins_list:
-                exp[ins.id] = exp.get(ins.id, 0) + len(layer_sel[c]) * len(spans_by[(ins.id, c)])
-        for uri, exp in by_uri.items():
-            d = _done_units(uri, model_key, manifest.stimulus_set, exp)
-            done = d if done is None else done & d
-    done = done or set()
-    todo = {
-        ins.id: [it for it in manifest.items if (ins.id, it.stimulus_id, it.run, it.tr) not in done]
-        for ins in ins_list
-    }
-    plan.units_done = plan.units_total - sum(len(v) for v in todo.values())
-    plan.rows_to_write = sum(len(v) * per_unit[k] for k, v in todo.items())
-    if windowed:  # units are a window's TRs: it is to do while any of them is missing
-        todo = {
-            ins.id: [it for it in manifest.items if any(_unit(ins.id, s) not in done for s in it.segments)]
-            for ins in ins_list
-        }
-        left = {ins.id: sum(_unit(ins.id, u) not in done for u in manifest.units()) for ins in ins_list}
-        plan.units_done = plan.units_total - sum(left.values())
-        plan.rows_to_write = sum(n * per_unit[k] for k, n in left.items())
-    if dry_run:
-        return plan
-
-    registry = load_registry(registry_version)
     decoding = (
         {"strategy": "greedy", "do_sample": False, "max_new_tokens": max_new_tokens, "seed": seed}
         if respond
         else None
     )
+    if uris:
+        _check_same_run(list(uris.values()), model_key, adapter, prompts, decoding)
+    stored: dict[tuple, set[tuple[str, int, str]]] = {}
+    wanted_rows: dict[str, set[tuple[str, int, str]]] = {ins.id: set() for ins in ins_list}
+    if resume and uris:
+        by_uri: dict[str, dict[str, set[tuple[str, int, str]]]] = {}
+        for c in comps:
+            exp = by_uri.setdefault(uris[c], {})
+            for ins in ins_list:
+                exp.setdefault(ins.id, set()).update(
+                    (c, lay, p) for lay in layer_sel[c] for p in spans_by[(ins.id, c)]
+                )
+        for uri, exp in by_uri.items():
+            for k, v in exp.items():
+                wanted_rows[k] |= v
+            for u, rows in _stored_rows(uri, model_key, manifest.stimulus_set, exp).items():
+                stored.setdefault(u, set()).update(rows)
+    # a unit is done when all its rows are stored; a unit with some of them stored is recomputed
+    # and only its missing rows are written
+    done = {u for u, rows in stored.items() if rows >= wanted_rows.get(u[0], set())}
+    todo = {
+        ins.id: [it for it in manifest.items if (ins.id, it.stimulus_id, it.run, it.tr) not in done]
+        for ins in ins_list
+    }
+    plan.units_done = plan.units_total - sum(len(v) for v in todo.values())
+    plan.rows_to_write = sum(
+        per_unit[k] - len(stored.get(_unit(k, it), ())) for k, v in todo.items() for it in v
+    )
+    if windowed:  # units are a window's TRs: it is to do while any of them is missing
+        todo = {
+            ins.id: [it for it in manifest.items if any(_unit(ins.id, s) not in done for s in it.segments)]
+            for ins in ins_list
+        }
+        left = {ins.id: [u for u in manifest.units() if _unit(ins.id, u) not in done] for ins in ins_list}
+        plan.units_done = plan.units_total - sum(len(v) for v in left.values())
+        plan.rows_to_write = sum(
+            per_unit[k] - len(stored.get(_unit(k, u), ())) for k, v in left.items() for u in v
+        )
+    if dry_run:
+        return plan
+
+    registry = load_registry(registry_version)
     provenance = {
         **adapter.provenance(),
         "model_key": model_key,
@@ -522,7 +604,7 @@ def embed(
             states = adapter.forward(batch, ins, comps, responses)
             for c in comps:
                 st = states[c]
-                hidden = torch.stack([torch.as_tensor(st.hidden[l]) for l in layer_sel[c]])
+                hidden = stack_layers(st.hidden, layer_sel[c])
                 for p in spans_by[(ins.id, c)]:
                     if windowed:
                         rows, w = _segment_weights(st, wanted, f"{adapter.model_id}: component {c}")
@@ -536,24 +618,28 @@ def embed(
                         w = span_weights(mask.to(hidden.device), fb.to(hidden.device))
                         pooled = pool_layers(hidden, w).cpu().numpy()  # (layers, batch, dim)
                     L, B, _ = pooled.shape
-                    writer.add(
-                        c,
-                        {
-                            "stimulus_set": [manifest.stimulus_set] * (L * B),
-                            "stimulus_id": [it.stimulus_id for it in units] * L,
-                            "run": [it.run for it in units] * L,
-                            "tr": [it.tr for it in units] * L,
-                            "onset_s": [it.onset_s for it in units] * L,
-                            "window_start_s": [it.window_start_s for it in units] * L,
-                            "window_end_s": [it.window_end_s for it in units] * L,
-                            "model": [model_key] * (L * B),
-                            "instruction_id": [ins.id] * (L * B),
-                            "component": [c] * (L * B),
-                            "layer": [lay for lay in layer_sel[c] for _ in range(B)],
-                            "pooling": [p] * (L * B),
-                        },
-                        pooled.reshape(L * B, -1),
-                    )
+                    keys = {
+                        "stimulus_set": [manifest.stimulus_set] * (L * B),
+                        "stimulus_id": [it.stimulus_id for it in units] * L,
+                        "run": [it.run for it in units] * L,
+                        "tr": [it.tr for it in units] * L,
+                        "onset_s": [it.onset_s for it in units] * L,
+                        "window_start_s": [it.window_start_s for it in units] * L,
+                        "window_end_s": [it.window_end_s for it in units] * L,
+                        "model": [model_key] * (L * B),
+                        "instruction_id": [ins.id] * (L * B),
+                        "component": [c] * (L * B),
+                        "layer": [lay for lay in layer_sel[c] for _ in range(B)],
+                        "pooling": [p] * (L * B),
+                    }
+                    emb = pooled.reshape(L * B, -1)
+                    have = [stored.get(_unit(ins.id, it), ()) for it in units]
+                    if any(have):  # rows of a partly stored unit: write only the missing ones
+                        keep = [(c, lay, p) not in have[i % B] for i, lay in enumerate(keys["layer"])]
+                        keys = {k: [x for x, ok in zip(v, keep, strict=True) if ok] for k, v in keys.items()}
+                        emb = emb[np.asarray(keep, dtype=bool)]
+                    if len(emb):
+                        writer.add(c, keys, emb)
             if writer.pending() >= flush_rows:
                 writer.flush()
             units_written += len(units)

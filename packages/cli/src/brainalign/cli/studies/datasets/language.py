@@ -452,21 +452,31 @@ def _q(v: Any) -> str:
 
 
 def brain_scores(scores: Path, fit: str, *, aggregate: str = "median") -> tuple[list[dict], str]:
-    """Per model, its best (component, layer) and score: ``aggregate`` over voxels of the
-    ceiling-normalised r (or r when the fit has no ceiling), mean over subjects.
+    """Per model, its best (component, layer) and Brain-Score-style score.
 
-    Returns the rows ``{model, component, best_layer, score, n_subjects}`` and the metric used.
+    Per subject and space: ``aggregate`` over voxels of Pearson r, divided by the median over
+    voxels of the subject-pool ceiling when the fit has one (Brain-Score divides the aggregate
+    score by one ceiling; it does not divide voxel by voxel, which inflates voxels of tiny
+    ceiling), then the mean over subjects; the best (component, layer) per model.
+
+    Returns the rows ``{model, component, best_layer, score, n_subjects}`` and the metric used
+    (``"r/ceiling"`` or ``"r"``).
     """
     from ...query import run_query
 
     tables = {"scores": scores}
     n = run_query(
-        f"SELECT count(r_norm) AS n FROM scores WHERE fit = {_q(fit)}", scores.parent, tables=tables
+        f"SELECT count(ceiling) FILTER (WHERE isfinite(ceiling) AND ceiling > 0) AS n FROM scores "
+        f"WHERE fit = {_q(fit)}",
+        scores.parent,
+        tables=tables,
     )
-    metric = "r_norm" if n.column(0)[0].as_py() else "r"
+    ceiled = bool(n.column(0)[0].as_py())
+    metric = "r/ceiling" if ceiled else "r"
     agg = "median" if aggregate == "median" else "avg"
+    ceil = " / median(ceiling) FILTER (WHERE isfinite(ceiling) AND ceiling > 0)" if ceiled else ""
     rows = run_query(
-        f"""WITH per AS (SELECT subject, model, component, layer, {agg}({metric}) AS score
+        f"""WITH per AS (SELECT subject, model, component, layer, {agg}(r){ceil} AS score
                          FROM scores WHERE fit = {_q(fit)} GROUP BY ALL),
                 a AS (SELECT model, component, layer, avg(score) AS score, count(*) AS n_subjects
                       FROM per GROUP BY ALL)
@@ -593,8 +603,12 @@ def _fmri_part(ctx, out: Path) -> ReportPart:
     )
     part.notes.append(
         f"brain score = best layer (T5: encoder or decoder) of the {agg} over voxels of "
-        f"{'ceiling-normalised r (subject-pool ceiling)' if metric == 'r_norm' else 'Pearson r (no ceiling)'}, "
-        "mean over subjects"
+        + (
+            "Pearson r divided by the median subject-pool ceiling"
+            if metric == "r/ceiling"
+            else "Pearson r (no ceiling)"
+        )
+        + ", mean over subjects"
     )
     return part
 
@@ -612,13 +626,22 @@ def _summary_part(ctx, out: Path, behaviour: dict[str, float] | None = None) -> 
     score per model, the instruction-tuning effect and the correlation with model size."""
     part = ReportPart()
     agg = ctx.recipe.report.get("aggregate", "mean")
-    per_data: dict[str, dict[str, float]] = {}
+    blocks: dict[str, list[tuple[str, dict[str, float]]]] = {}
     for d in _language_specs(ctx):
         path = ctx.dir.parent / _slug(d.name) / "scores.lance"
         if d.dataset in ("futrell2018",) or not path.exists():
             continue
         rows, _ = brain_scores(path, ctx.fit, aggregate=agg)
-        per_data[d.name] = {r["model"]: r["score"] for r in rows}
+        blocks.setdefault(d.dataset, []).append((d.name, {r["model"]: r["score"] for r in rows}))
+    # one column per dataset: blocks of one dataset (Pereira's two experiments) are averaged
+    # first, so a dataset split in several [[data]] tables does not weigh more in the mean
+    per_data: dict[str, dict[str, float]] = {}
+    for dataset, parts in blocks.items():
+        if len(parts) == 1:
+            per_data[parts[0][0]] = parts[0][1]
+            continue
+        names = dict.fromkeys(m for _, sc in parts for m in sc)
+        per_data[dataset] = {m: float(np.mean([sc[m] for _, sc in parts if m in sc])) for m in names}
     if not per_data:
         return part
     models = list(dict.fromkeys(m for d in per_data.values() for m in d))

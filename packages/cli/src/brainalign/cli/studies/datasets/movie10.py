@@ -657,9 +657,12 @@ class Movie10(StudyDataset):
         ]
 
     # ---- stimuli -------------------------------------------------------------------------
-    def manifest(self, modality: str, **options: Any):
-        from brainalign.features.stimuli import audio_windows, concat, video_clips
+    def plan_items(self, modality: str, **options: Any) -> tuple[int, str]:
+        """One clip or audio window per TR of every segment, counted without decoding the sound
+        tracks (the manifest extracts them, once, at embed time)."""
+        return int(sum(self._check_manifest(modality, options).values())), STIMULUS_SET
 
+    def _check_manifest(self, modality: str, options: dict[str, Any]) -> dict[str, int]:
         if modality not in self.modalities:
             raise RecipeError(f"modality: Movie10 provides {list(self.modalities)}, got {modality!r}")
         unknown = sorted(set(options) - MANIFEST_OPTIONS[modality])
@@ -675,6 +678,12 @@ class Movie10(StudyDataset):
         n_trs = self.n_trs()
         if not n_trs:
             raise RecipeError(f"data: no BOLD runs found under {self.fmriprep_dir}; run the checks first")
+        return n_trs
+
+    def manifest(self, modality: str, **options: Any):
+        from brainalign.features.stimuli import audio_windows, concat, video_clips
+
+        n_trs = self._check_manifest(modality, options)
         parts = []
         for seg, n in n_trs.items():
             video = self.video_path(seg)
@@ -959,8 +968,15 @@ def _voxel_rows(vox: dict, subject: str, space: str, n_vox: int):
 def extract_audio(video: Path, out: Path, sample_rate: int = 16000) -> Path:
     """Decode the audio track of ``video`` with PyAV into a mono 16-bit WAV at ``sample_rate``
     (written to a temporary file and moved into place)."""
-    import av
-    import soundfile as sf
+    try:
+        import av
+        import soundfile as sf
+    except ImportError as exc:
+        raise RecipeError(
+            f"{video}: decoding its sound track needs PyAV and soundfile (the compute extra: "
+            f"pip install 'brainalign-feature-store[compute]'), or put a {video.stem}.wav next to it "
+            f"({exc})"
+        ) from exc
 
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".wav", dir=out.parent)

@@ -76,8 +76,13 @@ written beside the responses table at ingest (``nsd_ceiling/<subject>.npz``).
 
 ROIs: every voxel of the mask gets the label of the first file of ``rois`` (in order) that
 marks it (> 0), names from the file's ``.mgz.ctab``; other voxels are labelled ``"other"``.
-``language_rois`` names the labels reported as language ROIs (default the word-selective
-floc-words regions); the other labels are visual.
+``language_rois`` names the labels reported as language ROIs; the other labels are visual.
+The default is the word-selective floc-words regions (OWFA, VWFA-1/2, mfs-words, mTL-words):
+the only language-related regions inside ``nsdgeneral``, and they lie in ventral visual cortex.
+The language network's temporal and frontal regions (e.g. ATL, IFG) lie outside that mask: to
+report them, put a wider mask file in the ``roi`` folder (``mask = "<its name>"``), add the NSD
+``HCP_MMP1`` parcellation to ``rois`` and name its areas (e.g. ``"44"``, ``"45"``, ``"TGd"``)
+in ``language_rois``.
 """
 
 from __future__ import annotations
