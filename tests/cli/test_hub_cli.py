@@ -210,7 +210,20 @@ def test_pull_through_the_real_command(hub, published):
     assert TOKEN not in proc.stdout + proc.stderr and proc.stderr == ""
 
 
-def test_progress_bars_when_forced(hub, published, monkeypatch):
+@pytest.fixture
+def hub_bars_on():
+    """huggingface_hub's own bars switched on for one test (a session fixture of another test
+    folder may have switched them off), and put back as they were."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_off = are_progress_bars_disabled()
+    enable_progress_bars()
+    yield
+    if was_off:
+        disable_progress_bars()
+
+
+def test_progress_bars_when_forced(hub, published, monkeypatch, hub_bars_on):
     """Forced bars (BRAINALIGN_PROGRESS=1): tqdm's for embed, huggingface_hub's for pull."""
     monkeypatch.setenv(ENV, "1")
     res = run_cli(

@@ -206,6 +206,10 @@ def test_resume_refuses_other_decoding_settings_and_decoder_input(tiny, tmp_path
     assert (
         _embed(tiny("gpt2"), uri, pooling=["response"], max_new_tokens=2, model_name="m").units_skipped == 2
     )
+    # a later run that writes rows without responses keeps the response rows' settings on record
+    assert _embed(tiny("gpt2"), uri, pooling=["stimulus"], model_name="m").rows_written > 0
+    with pytest.raises(ValueError, match=r"decoding: .* generated with max_new_tokens 2; this run uses max"):
+        _embed(tiny("gpt2"), uri, pooling=["response"], max_new_tokens=3, model_name="m")
     t5 = tmp_path / "t5.lance"
     _embed(tiny("t5"), t5, pooling=["last"], components=["decoder"])
     with pytest.raises(ValueError, match=r"decoder_input: .* fed 'stimulus'; this run feeds 'start'"):

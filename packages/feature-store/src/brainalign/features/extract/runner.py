@@ -214,6 +214,16 @@ def _check_same_decoding(st: FeatureStore, uri: str, model: str, old: dict, now:
         )
 
 
+def _recorded_decoding(uris, model: str) -> dict | None:
+    """The decoding settings recorded for ``model`` in any of the stores, if any."""
+    for uri in dict.fromkeys(uris):
+        st = _open(uri)
+        prev = provenance_runs(st.provenance).get(model, {}).get("decoding") if st is not None else None
+        if isinstance(prev, dict):
+            return prev
+    return None
+
+
 def _check_same_run(
     uris: Sequence[str], model: str, adapter: Adapter, prompts: dict[str, dict], decoding: dict | None = None
 ) -> None:
@@ -537,6 +547,9 @@ def embed(
     if dry_run:
         return plan
 
+    # a run without responses keeps the decoding settings recorded for this model's response
+    # rows, so that a later run that generates is still checked against them
+    recorded = decoding if decoding is not None else _recorded_decoding(uris.values(), model_key)
     registry = load_registry(registry_version)
     provenance = {
         **adapter.provenance(),
@@ -546,7 +559,7 @@ def embed(
             json.dumps({k: v["prompt"] for k, v in prompts.items()}, sort_keys=True)
         ),
         "instruction_registry": {"version": registry.version, "sha256": registry.sha256},
-        "decoding": decoding,
+        "decoding": recorded,
         "stimulus_set": full_manifest.stimulus_set,
         "stimulus_spec": full_manifest.spec,
         "components": {c: {"layers": layer_sel[c], "n_states": available[c][0]} for c in comps},
