@@ -142,6 +142,17 @@ DATASETS: dict[str, str] = {
 }
 
 
+def has_ceiling_sql(alias: str = "") -> str:
+    """SQL: the scores row's ceiling is usable (finite and positive)."""
+    return f"isfinite({alias}ceiling) AND {alias}ceiling > 0"
+
+
+def over_ceiling_sql(agg: str, alias: str = "") -> str:
+    """SQL for Brain-Score's order of normalisation over one group of scores rows: ``agg``
+    (``avg`` or ``median``) of r over voxels, divided by the median of the usable ceilings."""
+    return f"{agg}({alias}r) / median({alias}ceiling) FILTER (WHERE {has_ceiling_sql(alias)})"
+
+
 def dataset_class(name: str) -> type[StudyDataset]:
     """The loader class registered as ``name`` (or a ``module:Class`` path)."""
     target = DATASETS.get(name, name)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import RecipeError, ReportPart, StudyDataset, dataset_class
+from .base import RecipeError, ReportPart, StudyDataset, dataset_class, over_ceiling_sql
 from .recipe import DataSpec, ModelSpec, PartitionSpec, Recipe, fit_preset
 
 STAGES = ("embed", "ingest", "fit", "partition", "report")
@@ -634,7 +634,7 @@ def _score_sql(ctx: RunContext, alias: str = "") -> str:
     """
     agg, a = _score_expr(ctx), alias
     if ctx.metric == "r_norm" and ctx.recipe.report.get("normalize", "voxel") == "aggregate":
-        return f"{agg}({a}r) / median({a}ceiling) FILTER (WHERE isfinite({a}ceiling) AND {a}ceiling > 0)"
+        return over_ceiling_sql(agg, a)
     return f"{agg}({a}{ctx.metric})"
 
 

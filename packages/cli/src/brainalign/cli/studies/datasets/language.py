@@ -132,7 +132,7 @@ import pyarrow as pa
 
 from brainalign.features.stimuli import Manifest, Stimulus, text_windows
 
-from ..base import Progress, RecipeError, ReportPart, StudyDataset
+from ..base import Progress, RecipeError, ReportPart, StudyDataset, has_ceiling_sql, over_ceiling_sql
 
 LANGUAGE_DATASETS = ("pereira2018", "blank2014", "wehbe2014", "futrell2018")
 COMMON_OPTIONS = ("subjects", "fit")
@@ -466,17 +466,16 @@ def brain_scores(scores: Path, fit: str, *, aggregate: str = "median") -> tuple[
 
     tables = {"scores": scores}
     n = run_query(
-        f"SELECT count(ceiling) FILTER (WHERE isfinite(ceiling) AND ceiling > 0) AS n FROM scores "
-        f"WHERE fit = {_q(fit)}",
+        f"SELECT count(ceiling) FILTER (WHERE {has_ceiling_sql()}) AS n FROM scores WHERE fit = {_q(fit)}",
         scores.parent,
         tables=tables,
     )
     ceiled = bool(n.column(0)[0].as_py())
     metric = "r/ceiling" if ceiled else "r"
     agg = "median" if aggregate == "median" else "avg"
-    ceil = " / median(ceiling) FILTER (WHERE isfinite(ceiling) AND ceiling > 0)" if ceiled else ""
+    score = over_ceiling_sql(agg) if ceiled else f"{agg}(r)"
     rows = run_query(
-        f"""WITH per AS (SELECT subject, model, component, layer, {agg}(r){ceil} AS score
+        f"""WITH per AS (SELECT subject, model, component, layer, {score} AS score
                          FROM scores WHERE fit = {_q(fit)} GROUP BY ALL),
                 a AS (SELECT model, component, layer, avg(score) AS score, count(*) AS n_subjects
                       FROM per GROUP BY ALL)
