@@ -21,6 +21,7 @@ from brainalign.encoders import (
     r2_score,
     target_batch_size,
 )
+from brainalign.encoders import ridge as ridge_module
 from brainalign.encoders.ridge import _plan
 
 ALPHAS = np.logspace(-2, 5, 15)
@@ -98,10 +99,13 @@ def _sk_fold_scores(X, Y, folds, alphas, score):
 
 
 @pytest.mark.parametrize("score", ["r2", "r", "neg_mse"])
-def test_cv_scores_match_fold_by_fold_sklearn(score):
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "direct"])
+def test_cv_scores_match_fold_by_fold_sklearn(score, compact, monkeypatch):
     X, Y, _, _ = make_data(90, 12, 6, seed=2)
     folds = group_folds(np.repeat([0, 1, 2, 3], [20, 25, 20, 25]))  # unequal folds: padding
     alphas = np.logspace(-1, 3, 5)
+    # scored from the predictions, or through the QR factors of the validation design
+    monkeypatch.setattr(ridge_module, "_compact", lambda *a: compact)
     fit = fit_ridge_cv(X, Y, alphas=alphas, folds=folds, score=score)
     ref = _sk_fold_scores(X, Y, folds, alphas, score)
     np.testing.assert_allclose(fit.cv_scores, ref, rtol=1e-4, atol=1e-4)
@@ -189,7 +193,7 @@ def test_small_memory_budget_batches_targets_and_folds(spaces):
         n_targets=30,
         itemsize=4,
     )
-    budget = 90_000  # 2 chunks of 3 folds (the second padded with a weight-0 fold), 4 batches
+    budget = 96_000  # 2 chunks of 3 folds (the second padded with a weight-0 fold), 4 batches
     plan = _plan(**dims, memory_budget=budget)
     assert plan.fold_chunk == 3, "the budget should force folds to be decomposed in chunks"
     assert -(-30 // plan.batch_size) >= 3, "the budget should force several target batches"
@@ -262,10 +266,35 @@ def test_float64_inputs_with_x64_stay_float64():
     assert rel_err(fit.coef, ref.coef_.T) < 1e-10
 
 
-def test_constant_target_is_finite_and_silent():
+@pytest.mark.parametrize("score", ["r2", "r", "neg_mse"])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_compact_scoring_equals_direct_scoring(spaces, monkeypatch, score, fit_intercept):
+    """Scores from the QR factors of the validation design equal scores of the predictions."""
+    Xs, Y, _ = spaces
+    folds = group_folds(np.repeat([0, 1, 2, 3], [15, 25, 20, 20]))  # unequal folds: padding
+    alphas = np.logspace(-1, 3, 7)
+    Y = Y.copy()
+    Y[:, 3] = 2.5  # a constant target scores 0 either way
+    monkeypatch.setattr(ridge_module, "_compact", lambda *a: True)
+    compact = fit_ridge_cv(Xs, Y, alphas=alphas, folds=folds, score=score, fit_intercept=fit_intercept)
+    monkeypatch.setattr(ridge_module, "_compact", lambda *a: False)
+    direct = fit_ridge_cv(Xs, Y, alphas=alphas, folds=folds, score=score, fit_intercept=fit_intercept)
+    assert_fits_close(compact, direct, rtol=2e-5)
+    assert (compact.cv_scores[..., 3] == 0).all() == (score != "neg_mse")
+
+
+def test_compact_scoring_is_chosen_when_it_pays():
+    # PCA-reduced features, leave-one-run-out folds: 256 components, 750 validation TRs
+    assert ridge_module._compact(256, 750, 13, 10_000)
+    assert not ridge_module._compact(1024, 400, 10, 20_000)  # more components than samples
+    assert not ridge_module._compact(12, 25, 5, 6)  # a few targets do not pay for the QR
+
+
+@pytest.mark.parametrize("score", ["r2", "r"])
+def test_constant_target_is_finite_and_silent(score):
     X, Y, _, _ = make_data(60, 5, 3, seed=8)
     Y[:, 1] = 4.0
-    fit = fit_ridge_cv(X, Y, alphas=ALPHAS, folds=block_folds(60, 3))
+    fit = fit_ridge_cv(X, Y, alphas=ALPHAS, folds=block_folds(60, 3), score=score)
     assert np.isfinite(fit.cv_scores).all() and (fit.cv_scores[:, 1] == 0).all()
     np.testing.assert_allclose(fit.coef[:, 1], 0.0, atol=1e-5)
     np.testing.assert_allclose(fit.intercept[1], 4.0, rtol=1e-5)

@@ -16,13 +16,20 @@ and reused for every target batch and every alpha:
 
 Then ``B = L' Ytr`` (one matmul per target batch) and the validation predictions for every
 penalty at once are one matmul ``[A diag(1/(s + lam_1)); ...; A diag(1/(s + lam_k))] B`` of
-shape ``(n_alphas * n_val, r) x (r, n_targets)``, with no weights formed. The refit on all
-samples uses the same form with a different penalty per target: ``W = R (B / (s + lam_t))``
-with ``R = V`` (primal) or ``Xc' U`` (dual), so weights are never formed for unused alphas.
+shape ``(n_alphas * n_val, r) x (r, n_targets)``, with no weights formed. When there are fewer
+components than validation samples (PCA-reduced features, leave-one-run-out folds), the fold's
+basis also holds the QR factors ``A = Q Ra``: every prediction lies in the span of ``Q``, so
+with ``z = Q' yc`` (``yc`` the centred validation targets) the squared error of every alpha is
+``||yc||² - ||z||² + ||z - Ra D B||²`` (Pearson r likewise from ``z`` and ``Ra D B``), one
+matmul of shape ``(n_alphas * r, r) x (r, n_targets)`` instead (see ``_compact`` for when the
+QR pays for itself). The refit on all samples uses the same form with a different penalty per
+target: ``W = R (B / (s + lam_t))`` with ``R = V`` (primal) or ``Xc' U`` (dual), so weights
+are never formed for unused alphas.
 
 Flops per fold (``r = min(n_features, n_train)``): ``2 n_train p r`` (Gram) + ``~9 r³``
 (eigendecomposition) + ``2 (n_train + n_val) p r`` (``L``, ``A``) + ``2 n_train r t`` (``B``) +
-``2 n_alphas n_val r t`` (predictions); refit: the same decomposition on all samples plus
+``2 n_alphas n_val r t`` (predictions), or, compact, ``~4 n_val r²`` (QR) + ``2 n_val r t``
+(``z``) + ``2 n_alphas r² t``; refit: the same decomposition on all samples plus
 ``2 n r t + 2 p r t``. See ``benchmarks/bench_ridge.py``.
 
 Numerics. The large matmuls run in the input precision (float32 by default; float64 when the
@@ -58,7 +65,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from ._compile import compiler_options
-from .scoring import SCORERS
+from .scoring import SCORERS, pearson_from_sums, r2_from_sse
 from .sharding import TARGETS, check_mesh, replicate, shard_targets, to_host
 from .validation import as_float_array, check_alphas, check_folds
 
@@ -89,8 +96,11 @@ class RidgeFit(NamedTuple):
 class _Basis(NamedTuple):
     s: jax.Array  # (r,) eigenvalues of the Gram matrix, clamped at 0
     L: jax.Array  # (m, r) maps centred training targets into the eigenbasis
-    A: jax.Array  # (v, r) validation design in the eigenbasis (fold basis) or R (full basis)
+    A: jax.Array  # (v, r) validation design in the eigenbasis (fold basis), its (r, r) triangular
+    #               QR factor (compact fold basis), or R (full basis)
     x_mean: jax.Array  # (p,)
+    Q: jax.Array | None = None  # (v, r) orthonormal factor of the validation design (compact)
+    a_mean: jax.Array | None = None  # (r,) its mean row, before centring (compact, score "r")
 
 
 def _penalties(alphas: jax.Array, s: jax.Array, convention: str, normalize: bool) -> jax.Array:
@@ -125,7 +135,36 @@ def _decompose(Xc: jax.Array, *, dual: bool, method: str) -> tuple[jax.Array, ja
     return s, Xc @ Q, Q
 
 
-def _fold_basis(X, tr_idx, tr_w, va_idx, va_w, *, fit_intercept: bool, dual: bool, method: str) -> _Basis:
+# a QR factorisation runs this many times slower per flop than a large matmul (LAPACK on CPU)
+_QR_SLOWDOWN = 6
+
+
+def _compact(r: int, n_val: int, n_alphas: int, n_targets: int) -> bool:
+    """Whether to score validation predictions through the QR factors of the validation design.
+
+    Per fold and space, the predictions of every alpha then cost ``2 n_alphas r² t`` instead of
+    ``2 n_alphas n_val r t`` flops, plus ``2 n_val r t`` for projecting the targets; the QR
+    (``~4 n_val r²`` flops, once per fold and space for all targets of a device) must pay for
+    itself. With fewer components than validation samples (e.g. PCA-reduced features and
+    leave-one-run-out folds) this is a several-fold saving.
+    """
+    saved = 2 * r * n_targets * (n_alphas * (n_val - r) - n_val)
+    return saved > _QR_SLOWDOWN * 4 * n_val * r * r
+
+
+def _fold_basis(
+    X,
+    tr_idx,
+    tr_w,
+    va_idx,
+    va_w,
+    *,
+    fit_intercept: bool,
+    dual: bool,
+    method: str,
+    compact=False,
+    centre=False,
+) -> _Basis:
     w = tr_w[:, None].astype(X.dtype)
     Xtr = X[tr_idx] * w
     if fit_intercept:
@@ -135,7 +174,16 @@ def _fold_basis(X, tr_idx, tr_w, va_idx, va_w, *, fit_intercept: bool, dual: boo
         x_mean = jnp.zeros(X.shape[1], X.dtype)
     Xva = (X[va_idx] - x_mean) * va_w[:, None].astype(X.dtype)
     s, L, R = _decompose(Xtr, dual=dual, method=method)
-    return _Basis(s, L, Xva @ R, x_mean)
+    A = Xva @ R  # padding rows are zero
+    if not compact:
+        return _Basis(s, L, A, x_mean)
+    a_mean = None
+    if centre:  # Pearson r compares centred predictions: factor the centred design
+        vw = va_w[:, None].astype(X.dtype)
+        a_mean = A.sum(0) / va_w.sum().astype(X.dtype)
+        A = (A - a_mean) * vw
+    Q, Ra = jnp.linalg.qr(A)
+    return _Basis(s, L, Ra, x_mean, Q, a_mean)
 
 
 def _full_basis(X, *, fit_intercept: bool, dual: bool, method: str) -> _Basis:
@@ -144,10 +192,11 @@ def _full_basis(X, *, fit_intercept: bool, dual: bool, method: str) -> _Basis:
     return _Basis(s, L, R, x_mean)
 
 
-def _fold_scores(
-    basis: _Basis, Y, tr_idx, tr_w, va_idx, va_w, alphas, *, fit_intercept, score, convention, normalize
-):
-    """Validation scores ``(n_alphas, t)`` of one fold and one feature space."""
+def _fold_targets(Y, tr_idx, tr_w, va_idx, va_w, *, fit_intercept, score, compact):
+    """The Y-side work of one fold, shared by every feature space: centred training targets
+    ``(m, t)`` (padding rows zero), their mean ``(t,)``, the validation targets ``(v, t)`` and,
+    for compact scoring, the validation residuals the predictions are compared with ``(v, t)``
+    (centred on the training mean, or on their own mean for Pearson r; padding rows zero)."""
     w = tr_w[:, None].astype(Y.dtype)
     Ytr = Y[tr_idx]
     if fit_intercept:
@@ -156,13 +205,46 @@ def _fold_scores(
     else:
         y_mean = jnp.zeros(Y.shape[1], Y.dtype)
         Ytr = Ytr * w
+    Yva = Y[va_idx]
+    if not compact:
+        return Ytr, y_mean, Yva, None
+    vw = va_w[:, None].astype(Y.dtype)
+    centre = (vw * Yva).sum(0) / va_w.sum().astype(Y.dtype) if score == "r" else y_mean
+    return Ytr, y_mean, Yva, (Yva - centre) * vw
+
+
+def _fold_scores(basis: _Basis, targets, va_w, alphas, *, score, convention, normalize):
+    """Validation scores ``(n_alphas, t)`` of one fold and one feature space.
+
+    Direct form: the predictions of every alpha are one matmul ``(n_alphas * n_val, r) x (r, t)``.
+    Compact form (``basis.Q`` set; fewer components than validation samples): with the
+    validation design ``A = Q Ra``, the predictions ``A D B`` (``D = diag(1/(s + lam))``) lie in
+    the span of ``Q``, so with ``z = Q' yc`` every score follows from ``Ra D B`` and ``z``:
+    ``||yc - A D B||² = ||yc||² - ||z||² + ||z - Ra D B||²``, one ``(n_alphas * r, r) x (r, t)``
+    matmul.
+    """
+    Ytr, y_mean, Yva, yc = targets
     B = basis.L.T @ Ytr  # (r, t)
-    lams = _penalties(alphas, basis.s, convention, normalize).astype(Y.dtype)
-    n_alphas, (n_val, r) = lams.shape[0], basis.A.shape
-    # every alpha in one matmul: rows are (alpha, validation sample)
-    As = basis.A[None] / (basis.s[None, None, :] + lams[:, None, None])
-    pred = (As.reshape(n_alphas * n_val, r) @ B).reshape(n_alphas, n_val, -1) + y_mean
-    return SCORERS[score](Y[va_idx], pred, va_w)
+    lams = _penalties(alphas, basis.s, convention, normalize).astype(Ytr.dtype)
+    n_alphas, (rows, r) = lams.shape[0], basis.A.shape
+    inv = 1.0 / (basis.s[None, :] + lams[:, None])  # (n_alphas, r)
+    # every alpha in one matmul: rows are (alpha, validation sample or component)
+    As = (basis.A[None] * inv[:, None, :]).reshape(n_alphas * rows, r)
+    pred = (As @ B).reshape(n_alphas, rows, -1)
+    if basis.Q is None:
+        return SCORERS[score](Yva, pred + y_mean, va_w)
+    z = basis.Q.T @ yc  # (r, t)
+    if score == "r":
+        sab = (z * pred).sum(-2)
+        sbb = (pred * pred).sum(-2)
+        n = jnp.maximum(va_w.sum(), 1.0).astype(Ytr.dtype)
+        mean_pred = (basis.a_mean * inv) @ B + y_mean  # (n_alphas, t)
+        return pearson_from_sums(Yva, sab, sbb, sbb + n * mean_pred**2, va_w)
+    outside = jnp.maximum((yc * yc).sum(0) - (z * z).sum(0), 0.0)  # the part of yc no prediction reaches
+    sse = outside + ((z - pred) ** 2).sum(-2)
+    if score == "neg_mse":
+        return -sse / jnp.maximum(va_w.sum(), 1.0).astype(Ytr.dtype)
+    return r2_from_sse(Yva, sse, va_w)
 
 
 def _refit(basis: _Basis, Y, best_alpha, *, fit_intercept, convention, normalize):
@@ -191,6 +273,7 @@ def _programs(
     convention: str,
     normalize: bool,
     options: tuple = (),
+    compact: bool = False,
 ) -> _Programs:
     """The four compiled programs of one problem configuration, sharded over ``mesh``.
 
@@ -199,7 +282,14 @@ def _programs(
     """
     rep, t2, t3 = P(), P(None, TARGETS), P(None, None, TARGETS)
     smap = partial(jax.shard_map, mesh=mesh, check_vma=False)
-    basis_fn = partial(_fold_basis, fit_intercept=fit_intercept, dual=dual, method=method)
+    basis_fn = partial(
+        _fold_basis,
+        fit_intercept=fit_intercept,
+        dual=dual,
+        method=method,
+        compact=compact,
+        centre=score == "r",
+    )
 
     def fold_bases(X, tr_idx, tr_w, va_idx, va_w):
         # all folds of a chunk at once (vmap, not lax.map: the loop compiles 3x slower); the
@@ -210,17 +300,16 @@ def _programs(
     def full_basis(X):
         return jax.vmap(partial(_full_basis, fit_intercept=fit_intercept, dual=dual, method=method))(X)
 
-    scores = jax.vmap(
-        partial(
-            _fold_scores, fit_intercept=fit_intercept, score=score, convention=convention, normalize=normalize
-        ),
-        in_axes=(0, None, None, None, None, None, None),
+    targets_fn = partial(_fold_targets, fit_intercept=fit_intercept, score=score, compact=compact)
+    scores = jax.vmap(  # over feature spaces; the fold's targets are shared
+        partial(_fold_scores, score=score, convention=convention, normalize=normalize),
+        in_axes=(0, None, None, None),
     )
 
     def cv_step(bases, Y, acc, tr_idx, tr_w, va_idx, va_w, fold_w, alphas):
         def body(acc, f):
             basis, ti, tw, vi, vw, fw = f
-            return acc + fw * scores(basis, Y, ti, tw, vi, vw, alphas), None
+            return acc + fw * scores(basis, targets_fn(Y, ti, tw, vi, vw), vw, alphas), None
 
         return jax.lax.scan(body, acc, (bases, tr_idx, tr_w, va_idx, va_w, fold_w))[0]
 
@@ -308,6 +397,8 @@ def _plan(
     # per fold held at once: its basis plus, while decomposing, the same temporaries
     per_fold = itemsize * S * (n_train * r + n_val * r + r + p + (n_train + n_val) * p)
     per_fold += dec_item * S * 2 * r**2
+    if _compact(r, n_val, n_alphas, -(-n_targets // n_devices)):  # QR factors of the validation design
+        per_fold += itemsize * S * (n_val * r + r * r + r)
     # per target and device: the Y batch, its training/validation slices, B, the predictions
     # of every alpha (and a fused temporary), scores and accumulators, the refitted weights
     per_target = itemsize * (
@@ -447,6 +538,7 @@ def fit_ridge_cv(
     va_idx, va_w = _pad_index_sets([f[1] for f in folds])
     n_folds, n_train, n_val = len(folds), tr_idx.shape[1], va_idx.shape[1]
     dual = p > n_train
+    compact = _compact(min(p, n_train), n_val, alphas_np.size, -(-n_targets // n_dev))
     plan = _plan(
         n_spaces=n_spaces,
         n_samples=n,
@@ -477,6 +569,7 @@ def fit_ridge_cv(
         convention=alpha_convention,
         normalize=bool(normalize_alpha),
         options=compiler_options(mesh.devices.flat[0].platform),
+        compact=compact,
     )
 
     def y_batch(b: int) -> jax.Array:

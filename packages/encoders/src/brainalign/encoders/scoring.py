@@ -27,11 +27,16 @@ def weighted_r2(y_true: jax.Array, y_pred: jax.Array, w: jax.Array | None = None
     ``y_true (n, t)``; ``y_pred (..., n, t)`` may carry leading axes (e.g. one per alpha),
     which the result keeps: ``(..., t)``.
     """
+    sse = (_weights(y_true, w)[:, None] * (y_true - y_pred) ** 2).sum(-2)
+    return r2_from_sse(y_true, sse, w)
+
+
+def r2_from_sse(y_true: jax.Array, sse: jax.Array, w: jax.Array | None = None) -> jax.Array:
+    """R² per column from the weighted sum of squared errors ``sse (..., t)`` of ``y_true (n, t)``."""
     w = _weights(y_true, w)[:, None]
     n = jnp.maximum(w.sum(), 1.0)
     mean = (w * y_true).sum(0) / n
     sst = (w * (y_true - mean) ** 2).sum(0)
-    sse = (w * (y_true - y_pred) ** 2).sum(-2)
     scale = (w * y_true**2).sum(0) / n + 1.0
     ok = sst > _TINY * scale * n
     return jnp.where(ok, 1.0 - sse / jnp.where(ok, sst, 1.0), 0.0)
@@ -39,15 +44,27 @@ def weighted_r2(y_true: jax.Array, y_pred: jax.Array, w: jax.Array | None = None
 
 def weighted_pearson_r(y_true: jax.Array, y_pred: jax.Array, w: jax.Array | None = None) -> jax.Array:
     """Pearson correlation per column with optional 0/1 row weights; shapes as :func:`weighted_r2`."""
+    wc = _weights(y_true, w)[:, None]
+    n = jnp.maximum(wc.sum(), 1.0)
+    a = y_true - (wc * y_true).sum(0) / n
+    b = y_pred - (wc * y_pred).sum(-2, keepdims=True) / n
+    sab = (wc * a * b).sum(-2)
+    sbb = (wc * b * b).sum(-2)
+    spp = (wc * y_pred**2).sum(-2)
+    return pearson_from_sums(y_true, sab, sbb, spp, w)
+
+
+def pearson_from_sums(
+    y_true: jax.Array, sab: jax.Array, sbb: jax.Array, spp: jax.Array, w: jax.Array | None = None
+) -> jax.Array:
+    """Pearson r per column of ``y_true (n, t)`` from weighted sums over the predictions ``b``:
+    ``sab`` = Σ (y - ȳ)(b - b̄), ``sbb`` = Σ (b - b̄)², ``spp`` = Σ b² (each ``(..., t)``)."""
     w = _weights(y_true, w)[:, None]
     n = jnp.maximum(w.sum(), 1.0)
     a = y_true - (w * y_true).sum(0) / n
-    b = y_pred - (w * y_pred).sum(-2, keepdims=True) / n
     saa = (w * a * a).sum(0)
-    sbb = (w * b * b).sum(-2)
-    sab = (w * a * b).sum(-2)
     scale_a = (w * y_true**2).sum(0) / n + 1.0
-    scale_b = (w * y_pred**2).sum(-2) / n + 1.0
+    scale_b = spp / n + 1.0
     ok = (saa > _TINY * scale_a * n) & (sbb > _TINY * scale_b * n)
     denom = jnp.sqrt(jnp.where(ok, saa * sbb, 1.0))
     return jnp.where(ok, sab / denom, 0.0)
