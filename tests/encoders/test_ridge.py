@@ -283,6 +283,22 @@ def test_compact_scoring_equals_direct_scoring(spaces, monkeypatch, score, fit_i
     assert (compact.cv_scores[..., 3] == 0).all() == (score != "neg_mse")
 
 
+@pytest.mark.parametrize("score", ["r2", "r"])
+def test_compact_scoring_stays_accurate_when_the_mean_drifts_between_runs(monkeypatch, score):
+    # the training mean is far from each validation run's mean: ||yc||² dwarfs the noise, and
+    # the compact form subtracts ||z||² from it; both forms must agree relative to the score
+    rng = np.random.default_rng(11)
+    runs = np.repeat([0, 1, 2, 3], 60)
+    X = rng.standard_normal((240, 8)).astype(np.float32)
+    Y = X @ rng.standard_normal((8, 12)) * 0.3 + rng.standard_normal((240, 12)) + 100.0 * runs[:, None]
+    kw = dict(alphas=np.logspace(-1, 4, 6), folds=group_folds(runs), score=score)
+    fits = {}
+    for compact in (True, False):
+        monkeypatch.setattr(ridge_module, "_compact", lambda *a, c=compact: c)
+        fits[compact] = fit_ridge_cv(X, Y.astype(np.float32), **kw).cv_scores
+    np.testing.assert_allclose(fits[True], fits[False], rtol=1e-5, atol=1e-6)
+
+
 def test_compact_scoring_is_chosen_when_it_pays():
     # PCA-reduced features, leave-one-run-out folds: 256 components, 750 validation TRs
     assert ridge_module._compact(256, 750, 13, 10_000)
