@@ -304,6 +304,9 @@ def test_compact_scoring_is_chosen_when_it_pays():
     assert ridge_module._compact(256, 750, 13, 10_000)
     assert not ridge_module._compact(1024, 400, 10, 20_000)  # more components than samples
     assert not ridge_module._compact(12, 25, 5, 6)  # a few targets do not pay for the QR
+    # accelerators score from the predictions until their QR's cost is measured
+    assert not ridge_module._compact(256, 750, 13, 10_000, "gpu")
+    assert not ridge_module._compact(256, 750, 13, 10_000, "tpu")
 
 
 @pytest.mark.parametrize("score", ["r2", "r"])

@@ -22,7 +22,7 @@ basis also holds the QR factors ``A = Q Ra``: every prediction lies in the span 
 with ``z = Q' yc`` (``yc`` the centred validation targets) the squared error of every alpha is
 ``||yc||² - ||z||² + ||z - Ra D B||²`` (Pearson r likewise from ``z`` and ``Ra D B``), one
 matmul of shape ``(n_alphas * r, r) x (r, n_targets)`` instead (see ``_compact`` for when the
-QR pays for itself). The refit on all samples uses the same form with a different penalty per
+QR pays for itself; on CPU only, where that was measured). The refit on all samples uses the same form with a different penalty per
 target: ``W = R (B / (s + lam_t))`` with ``R = V`` (primal) or ``Xc' U`` (dual), so weights
 are never formed for unused alphas.
 
@@ -135,21 +135,27 @@ def _decompose(Xc: jax.Array, *, dual: bool, method: str) -> tuple[jax.Array, ja
     return s, Xc @ Q, Q
 
 
-# a QR factorisation runs this many times slower per flop than a large matmul (LAPACK on CPU)
-_QR_SLOWDOWN = 6
+# how many times slower per flop a QR factorisation runs than a large matmul, by platform
+# (LAPACK on CPU, measured by benchmarks/bench_ridge.py). Platforms without a figure score from
+# the predictions: a GPU's matmuls are cheap next to its small, latency-bound factorisations,
+# and benchmarks/bench_ridge_gpu.py times both forms there.
+_QR_SLOWDOWN = {"cpu": 6}
 
 
-def _compact(r: int, n_val: int, n_alphas: int, n_targets: int) -> bool:
+def _compact(r: int, n_val: int, n_alphas: int, n_targets: int, platform: str = "cpu") -> bool:
     """Whether to score validation predictions through the QR factors of the validation design.
 
     Per fold and space, the predictions of every alpha then cost ``2 n_alphas r² t`` instead of
     ``2 n_alphas n_val r t`` flops, plus ``2 n_val r t`` for projecting the targets; the QR
     (``~4 n_val r²`` flops, once per fold and space for all targets of a device) must pay for
     itself. With fewer components than validation samples (e.g. PCA-reduced features and
-    leave-one-run-out folds) this is a several-fold saving.
+    leave-one-run-out folds) this is a several-fold saving on CPU.
     """
+    slowdown = _QR_SLOWDOWN.get(platform)
+    if slowdown is None:
+        return False
     saved = 2 * r * n_targets * (n_alphas * (n_val - r) - n_val)
-    return saved > _QR_SLOWDOWN * 4 * n_val * r * r
+    return saved > slowdown * 4 * n_val * r * r
 
 
 def _fold_basis(
@@ -382,6 +388,7 @@ def _plan(
     memory_budget,
     n_devices=1,
     wide_decomposition=False,
+    platform=None,
 ) -> _Plan:
     budget = default_memory_budget() if memory_budget is None else int(memory_budget)
     if budget <= 0:
@@ -397,7 +404,10 @@ def _plan(
     # per fold held at once: its basis plus, while decomposing, the same temporaries
     per_fold = itemsize * S * (n_train * r + n_val * r + r + p + (n_train + n_val) * p)
     per_fold += dec_item * S * 2 * r**2
-    if _compact(r, n_val, n_alphas, -(-n_targets // n_devices)):  # QR factors of the validation design
+    platform = jax.default_backend() if platform is None else platform
+    if _compact(
+        r, n_val, n_alphas, -(-n_targets // n_devices), platform
+    ):  # QR factors of the validation design
         per_fold += itemsize * S * (n_val * r + r * r + r)
     # per target and device: the Y batch, its training/validation slices, B, the predictions
     # of every alpha (and a fused temporary), scores and accumulators, the refitted weights
@@ -538,7 +548,8 @@ def fit_ridge_cv(
     va_idx, va_w = _pad_index_sets([f[1] for f in folds])
     n_folds, n_train, n_val = len(folds), tr_idx.shape[1], va_idx.shape[1]
     dual = p > n_train
-    compact = _compact(min(p, n_train), n_val, alphas_np.size, -(-n_targets // n_dev))
+    platform = mesh.devices.flat[0].platform
+    compact = _compact(min(p, n_train), n_val, alphas_np.size, -(-n_targets // n_dev), platform)
     plan = _plan(
         n_spaces=n_spaces,
         n_samples=n,
@@ -552,6 +563,7 @@ def fit_ridge_cv(
         memory_budget=memory_budget,
         n_devices=n_dev,
         wide_decomposition=method == "eigh64",
+        platform=platform,
     )
     if batch_size is None:
         bs = plan.batch_size
@@ -568,7 +580,7 @@ def fit_ridge_cv(
         score=score,
         convention=alpha_convention,
         normalize=bool(normalize_alpha),
-        options=compiler_options(mesh.devices.flat[0].platform),
+        options=compiler_options(platform),
         compact=compact,
     )
 
