@@ -59,10 +59,10 @@ def make_problem(n: int, p: int, t: int, seed: int = 0, n_spaces: int | None = N
     return X, Y.astype(np.float32)
 
 
-def ridge_flops(n: int, p: int, t: int, n_alphas: int, folds) -> float:
-    """Flops of fit_ridge_cv (primal or dual, direct or compact scoring, as it chooses),
-    counting ~9 r³ per eigh and ~4 n_val r² per QR of the validation design."""
-    from brainalign.encoders.ridge import _compact
+def ridge_flops(n: int, p: int, t: int, n_alphas: int, folds, platform: str = "cpu") -> float:
+    """Flops of fit_ridge_cv (primal or dual, direct or compact scoring, as it chooses on
+    ``platform``), counting ~9 r³ per eigh and ~4 n_val r² per QR of the validation design."""
+    from brainalign.encoders.ridge import _compact, _triangular_size
 
     n_train = max(len(f[0]) for f in folds)
     n_val = max(len(f[1]) for f in folds)
@@ -72,8 +72,8 @@ def ridge_flops(n: int, p: int, t: int, n_alphas: int, folds) -> float:
         dual = p > n_train
         gram = 2 * n_train * n_train * p if dual else 2 * n_train * p * p
         basis = 2 * n_val * n_train * p + 2 * n_val * n_train * r if dual else 2 * (n_train + n_val) * p * r
-        if _compact(r, n_val, n_alphas, t):  # QR, projected targets, (r, r) design per alpha
-            scoring = 4 * n_val * r * r + 2 * n_val * r * t + 2 * n_alphas * r * r * t
+        if _compact(r, n_val, n_alphas, t, platform):  # QR, projected targets, triangular products
+            scoring = 4 * n_val * r * r + 2 * n_val * r * t + 2 * n_alphas * _triangular_size(r) * t
         else:
             scoring = 2 * n_alphas * n_val * r * t
         total += gram + 9 * r**3 + basis + 2 * n_train * r * t + scoring

@@ -200,7 +200,7 @@ def run(args) -> dict:
         "himalaya_first_s": first_h,
         "ours_s": t_ours,
         "himalaya_s": t_him,
-        "flops": ridge_flops(n, p, t, 10, folds),
+        "flops": ridge_flops(n, p, t, 10, folds, dev.platform),
         "same_alpha": float(same.mean()),
         "max_dr_same": float(dr[same].max()) if same.any() else None,
         "max_dr_all": float(dr.max()),
@@ -223,7 +223,7 @@ def run(args) -> dict:
         "shape": [sn, sp, st],
         "first_s": first,
         "ours_s": ts,
-        "flops": ridge_flops(sn, sp, st, 10, sfolds),
+        "flops": ridge_flops(sn, sp, st, 10, sfolds, dev.platform),
     }
     Xs = Ys = None
     log(f"scale-up: {ts}")

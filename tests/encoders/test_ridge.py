@@ -112,6 +112,22 @@ def test_cv_scores_match_fold_by_fold_sklearn(score, compact, monkeypatch):
     np.testing.assert_array_equal(fit.best_alpha, alphas[np.argmax(ref, axis=0)].astype(np.float32))
 
 
+@pytest.mark.parametrize("score", ["r2", "r", "neg_mse"])
+@pytest.mark.parametrize("runs", [(90, 110, 100, 100), (30, 50, 40, 40)], ids=["triangular", "trapezoid"])
+def test_compact_scoring_in_row_blocks_matches_sklearn(score, runs, monkeypatch):
+    """70 components: the QR factor is multiplied in row blocks, square and triangular when the
+    validation runs are longer, a wide trapezoid when they are shorter."""
+    X, Y, _, _ = make_data(sum(runs), 70, 5, seed=12)
+    folds = group_folds(np.repeat([0, 1, 2, 3], runs))
+    alphas = np.logspace(-1, 3, 5)
+    assert len(ridge_module._row_blocks(min(70, max(runs)))) > 1
+    monkeypatch.setattr(ridge_module, "_compact", lambda *a: True)
+    fit = fit_ridge_cv(X, Y, alphas=alphas, folds=folds, score=score)
+    np.testing.assert_allclose(
+        fit.cv_scores, _sk_fold_scores(X, Y, folds, alphas, score), rtol=1e-4, atol=1e-4
+    )
+
+
 # ---------------------------------------------------------------- himalaya RidgeCV
 
 

@@ -20,17 +20,18 @@ shape ``(n_alphas * n_val, r) x (r, n_targets)``, with no weights formed. When t
 components than validation samples (PCA-reduced features, leave-one-run-out folds), the fold's
 basis also holds the QR factors ``A = Q Ra``: every prediction lies in the span of ``Q``, so
 with ``z = Q' yc`` (``yc`` the centred validation targets) the squared error of every alpha is
-``||yc||² - ||z||² + ||z - Ra D B||²`` (Pearson r likewise from ``z`` and ``Ra D B``), one
-matmul of shape ``(n_alphas * r, r) x (r, n_targets)`` instead (see ``_compact`` for when the
-QR pays for itself; on CPU only, where that was measured). The refit on all samples uses the same form with a different penalty per
-target: ``W = R (B / (s + lam_t))`` with ``R = V`` (primal) or ``Xc' U`` (dual), so weights
-are never formed for unused alphas.
+``||yc||² - ||z||² + ||z - Ra D B||²`` (Pearson r likewise from ``z`` and ``Ra D B``), with
+``Ra`` triangular, so row blocks of it need about half the ``n_alphas r² t`` multiply-adds of a
+full product, instead of ``n_alphas n_val r t`` (see ``_compact`` for when the QR pays for itself: on CPU, where that was
+measured). The refit on all samples uses the same form with a different penalty per target:
+``W = R (B / (s + lam_t))`` with ``R = V`` (primal) or ``Xc' U`` (dual), so weights are never
+formed for unused alphas.
 
 Flops per fold (``r = min(n_features, n_train)``): ``2 n_train p r`` (Gram) + ``~9 r³``
 (eigendecomposition) + ``2 (n_train + n_val) p r`` (``L``, ``A``) + ``2 n_train r t`` (``B``) +
 ``2 n_alphas n_val r t`` (predictions), or, compact, ``~4 n_val r²`` (QR) + ``2 n_val r t``
-(``z``) + ``2 n_alphas r² t``; refit: the same decomposition on all samples plus
-``2 n r t + 2 p r t``. See ``benchmarks/bench_ridge.py``.
+(``z``) + ``~n_alphas r² t`` (triangular ``Ra``); refit: the same decomposition on all samples
+plus ``2 n r t + 2 p r t``. See ``benchmarks/bench_ridge.py``.
 
 Numerics. The large matmuls run in the input precision (float32 by default; float64 when the
 inputs are float64 *and* ``jax_enable_x64`` is on), at ``precision="highest"`` so GPUs/TPUs do
@@ -142,19 +143,31 @@ def _decompose(Xc: jax.Array, *, dual: bool, method: str) -> tuple[jax.Array, ja
 _QR_SLOWDOWN = {"cpu": 6}
 
 
+def _row_blocks(rows: int) -> list[tuple[int, int]]:
+    """Row blocks of about 32 rows (at most 16 blocks) of a triangular factor."""
+    k = min(16, max(1, -(-rows // 32)))
+    return [(rows * i // k, rows * (i + 1) // k) for i in range(k)]
+
+
+def _triangular_size(r: int) -> int:
+    """Entries of an ``(r, r)`` upper-triangular factor that its row-blocked product reads."""
+    return sum((hi - lo) * (r - lo) for lo, hi in _row_blocks(r))
+
+
 def _compact(r: int, n_val: int, n_alphas: int, n_targets: int, platform: str = "cpu") -> bool:
     """Whether to score validation predictions through the QR factors of the validation design.
 
-    Per fold and space, the predictions of every alpha then cost ``2 n_alphas r² t`` instead of
-    ``2 n_alphas n_val r t`` flops, plus ``2 n_val r t`` for projecting the targets; the QR
-    (``~4 n_val r²`` flops, once per fold and space for all targets of a device) must pay for
-    itself. With fewer components than validation samples (e.g. PCA-reduced features and
-    leave-one-run-out folds) this is a several-fold saving on CPU.
+    Per fold, space and target, the predictions of every alpha then cost
+    ``2 n_alphas * _triangular_size(r)`` (about ``n_alphas r²``) instead of ``2 n_alphas n_val r``
+    flops, plus ``2 n_val r`` for projecting the targets; the QR (``~4 n_val r²`` flops, once per
+    fold and space for all targets of a device) must pay for itself. Only with fewer components
+    than validation samples (e.g. PCA-reduced features and leave-one-run-out folds): with more,
+    the factor is a wide trapezoid and the form measured slower on CPU.
     """
     slowdown = _QR_SLOWDOWN.get(platform)
-    if slowdown is None:
+    if slowdown is None or r >= n_val:
         return False
-    saved = 2 * r * n_targets * (n_alphas * (n_val - r) - n_val)
+    saved = n_targets * (2 * n_alphas * (n_val * r - _triangular_size(r)) - 2 * n_val * r)
     return saved > slowdown * 4 * n_val * r * r
 
 
@@ -219,6 +232,19 @@ def _fold_targets(Y, tr_idx, tr_w, va_idx, va_w, *, fit_intercept, score, compac
     return Ytr, y_mean, Yva, (Yva - centre) * vw
 
 
+def _triangular_predictions(Ra, inv, B):
+    """``(lo, hi, P)`` for the row blocks of ``Ra D B`` of every alpha, ``P (n_alphas, hi - lo, t)``.
+
+    ``Ra`` is upper triangular (trapezoidal when it has fewer rows than columns), so rows
+    ``lo:hi`` only need columns ``lo:``: 16 blocks do ~53% of the flops of one full product, and
+    the smaller products also keep their outputs in cache while they are reduced.
+    """
+    n_alphas, r = inv.shape
+    for lo, hi in _row_blocks(Ra.shape[0]):
+        As = (Ra[lo:hi, lo:][None] * inv[:, None, lo:]).reshape(n_alphas * (hi - lo), r - lo)
+        yield lo, hi, (As @ B[lo:]).reshape(n_alphas, hi - lo, -1)
+
+
 def _fold_scores(basis: _Basis, targets, va_w, alphas, *, score, convention, normalize):
     """Validation scores ``(n_alphas, t)`` of one fold and one feature space.
 
@@ -226,28 +252,33 @@ def _fold_scores(basis: _Basis, targets, va_w, alphas, *, score, convention, nor
     Compact form (``basis.Q`` set; fewer components than validation samples): with the
     validation design ``A = Q Ra``, the predictions ``A D B`` (``D = diag(1/(s + lam))``) lie in
     the span of ``Q``, so with ``z = Q' yc`` every score follows from ``Ra D B`` and ``z``:
-    ``||yc - A D B||² = ||yc||² - ||z||² + ||z - Ra D B||²``, one ``(n_alphas * r, r) x (r, t)``
-    matmul.
+    ``||yc - A D B||² = ||yc||² - ||z||² + ||z - Ra D B||²``, computed in row blocks of the
+    triangular ``Ra`` (about ``n_alphas * r² / 2`` multiply-adds per target).
     """
     Ytr, y_mean, Yva, yc = targets
     B = basis.L.T @ Ytr  # (r, t)
     lams = _penalties(alphas, basis.s, convention, normalize).astype(Ytr.dtype)
     n_alphas, (rows, r) = lams.shape[0], basis.A.shape
     inv = 1.0 / (basis.s[None, :] + lams[:, None])  # (n_alphas, r)
-    # every alpha in one matmul: rows are (alpha, validation sample or component)
-    As = (basis.A[None] * inv[:, None, :]).reshape(n_alphas * rows, r)
-    pred = (As @ B).reshape(n_alphas, rows, -1)
     if basis.Q is None:
+        # every alpha in one matmul: rows are (alpha, validation sample)
+        As = (basis.A[None] * inv[:, None, :]).reshape(n_alphas * rows, r)
+        pred = (As @ B).reshape(n_alphas, rows, -1)
         return SCORERS[score](Yva, pred + y_mean, va_w)
-    z = basis.Q.T @ yc  # (r, t)
+    z = basis.Q.T @ yc  # (rows, t)
+    blocks = _triangular_predictions(basis.A, inv, B)
     if score == "r":
-        sab = (z * pred).sum(-2)
-        sbb = (pred * pred).sum(-2)
+        sab = sbb = 0.0
+        for lo, hi, P in blocks:
+            sab = sab + (z[lo:hi] * P).sum(-2)
+            sbb = sbb + (P * P).sum(-2)
         n = jnp.maximum(va_w.sum(), 1.0).astype(Ytr.dtype)
         mean_pred = (basis.a_mean * inv) @ B + y_mean  # (n_alphas, t)
         return pearson_from_sums(Yva, sab, sbb, sbb + n * mean_pred**2, va_w)
     outside = jnp.maximum((yc * yc).sum(0) - (z * z).sum(0), 0.0)  # the part of yc no prediction reaches
-    sse = outside + ((z - pred) ** 2).sum(-2)
+    sse = outside
+    for lo, hi, P in blocks:
+        sse = sse + ((z[lo:hi] - P) ** 2).sum(-2)
     if score == "neg_mse":
         return -sse / jnp.maximum(va_w.sum(), 1.0).astype(Ytr.dtype)
     return r2_from_sse(Yva, sse, va_w)
