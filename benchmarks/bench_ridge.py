@@ -60,13 +60,23 @@ def make_problem(n: int, p: int, t: int, seed: int = 0, n_spaces: int | None = N
 
 
 def ridge_flops(n: int, p: int, t: int, n_alphas: int, folds, platform: str = "cpu") -> float:
-    """Flops of fit_ridge_cv (primal or dual, direct or compact scoring, as it chooses on
-    ``platform``), counting ~9 r³ per eigh and ~4 n_val r² per QR of the validation design."""
-    from brainalign.encoders.ridge import _compact, _triangular_size
+    """Flops of fit_ridge_cv (primal or dual, direct or compact scoring, training products
+    sliced per fold or from atoms, as it chooses on ``platform`` with all folds in one chunk),
+    counting ~9 r³ per eigh and ~4 n_val r² per QR of the validation design."""
+    from brainalign.encoders.ridge import (
+        _atoms_pay,
+        _compact,
+        _pad_index_sets,
+        _train_atoms,
+        _triangular_size,
+    )
 
     n_train = max(len(f[0]) for f in folds)
     n_val = max(len(f[1]) for f in folds)
-    total = 0.0
+    found = None if p > n_train else _train_atoms(folds, n)
+    atom_rows = _pad_index_sets(found[0])[0].size if found else 0
+    atoms = bool(found) and _atoms_pay(atom_rows, len(found[0]), p, p, n_train, len(folds), 1)
+    total = 2 * atom_rows * p * t if atoms else 0.0
     for _ in folds:
         r = min(p, n_train)
         dual = p > n_train
@@ -76,7 +86,8 @@ def ridge_flops(n: int, p: int, t: int, n_alphas: int, folds, platform: str = "c
             scoring = 4 * n_val * r * r + 2 * n_val * r * t + 2 * n_alphas * _triangular_size(r) * t
         else:
             scoring = 2 * n_alphas * n_val * r * t
-        total += gram + 9 * r**3 + basis + 2 * n_train * r * t + scoring
+        project = 2 * p * r * t if atoms else 2 * n_train * r * t
+        total += gram + 9 * r**3 + basis + project + scoring
     r = min(p, n)
     dual = p > n
     total += (2 * n * n * p + 2 * n * p * r) if dual else (4 * n * p * p)

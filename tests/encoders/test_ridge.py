@@ -83,11 +83,11 @@ def test_fixed_alpha_matches_sklearn_ridge(n, p, fit_intercept):
 # ---------------------------------------------------------------- cv scores vs a fold-by-fold oracle
 
 
-def _sk_fold_scores(X, Y, folds, alphas, score):
+def _sk_fold_scores(X, Y, folds, alphas, score, fit_intercept=True):
     out = np.zeros((len(alphas), Y.shape[1]))
     for tr, va in folds:
         for i, a in enumerate(alphas):
-            pred = Ridge(alpha=a).fit(X[tr], Y[tr]).predict(X[va])
+            pred = Ridge(alpha=a, fit_intercept=fit_intercept).fit(X[tr], Y[tr]).predict(X[va])
             if score == "r2":
                 out[i] += sk_r2(Y[va], pred, multioutput="raw_values")
             elif score == "r":
@@ -126,6 +126,54 @@ def test_compact_scoring_in_row_blocks_matches_sklearn(score, runs, monkeypatch)
     np.testing.assert_allclose(
         fit.cv_scores, _sk_fold_scores(X, Y, folds, alphas, score), rtol=1e-4, atol=1e-4
     )
+
+
+@pytest.mark.parametrize("score", ["r2", "r"])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("atoms", [True, False], ids=["atoms", "slices"])
+def test_training_products_from_atoms_match_sklearn(score, fit_intercept, atoms, monkeypatch):
+    """Each fold's Xc'Yc from the products of the sample groups (atoms) it trains on. A buffer of
+    5 samples on each side of every validation block leaves 7 uneven atoms for 4 folds."""
+    X, Y, _, _ = make_data(120, 8, 4, seed=13)
+    folds = [(np.setdiff1d(tr, np.arange(va.min() - 5, va.max() + 6)), va) for tr, va in block_folds(120, 4)]
+    assert len(ridge_module._train_atoms(folds, 120)[0]) == 7
+    alphas = np.logspace(-1, 3, 5)
+    monkeypatch.setattr(ridge_module, "_atoms_pay", lambda *a: atoms)
+    fit = fit_ridge_cv(X, Y, alphas=alphas, folds=folds, score=score, fit_intercept=fit_intercept)
+    ref = _sk_fold_scores(X, Y, folds, alphas, score, fit_intercept=fit_intercept)
+    np.testing.assert_allclose(fit.cv_scores, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_training_products_from_atoms_stay_accurate_when_runs_drift(monkeypatch):
+    # every run has its own large offset in X and Y (an ill-conditioned float32 problem): the
+    # between-atom terms carry it, and the scores are as close to float64 as the slices' are
+    rng = np.random.default_rng(14)
+    runs = np.repeat([0, 1, 2, 3], 60)
+    X = rng.standard_normal((240, 6)) + 50.0 * rng.standard_normal((4, 6))[runs]
+    Y = X @ rng.standard_normal((6, 5)) * 0.3 + rng.standard_normal((240, 5)) + 80.0 * runs[:, None]
+    alphas, folds = np.logspace(-1, 4, 6), group_folds(runs)
+    ref = _sk_fold_scores(X, Y, folds, alphas, "r2")  # float64
+    err = {}
+    for atoms in (True, False):
+        monkeypatch.setattr(ridge_module, "_atoms_pay", lambda *a, c=atoms: c)
+        fit = fit_ridge_cv(X.astype(np.float32), Y.astype(np.float32), alphas=alphas, folds=folds)
+        err[atoms] = np.abs(fit.cv_scores - ref).max()
+    assert err[True] <= 1.5 * err[False] + 1e-6 * np.abs(ref).max()
+    assert err[True] <= 1e-3 * np.abs(ref).max()
+
+
+def test_atoms_need_training_sets_without_repeats():
+    folds = [(np.array([0, 1, 1, 2]), np.array([3])), (np.array([2, 3]), np.array([0]))]
+    assert ridge_module._train_atoms(folds, 4) is None
+    atoms, member = ridge_module._train_atoms(block_folds(9, 3), 9)
+    assert [a.tolist() for a in atoms] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    np.testing.assert_array_equal(member, [[0, 1, 1], [1, 0, 1], [1, 1, 0]])  # fold k trains on the others
+
+
+def test_atoms_are_chosen_when_features_are_few():
+    # 5 contiguous folds of 2000 samples: 256 features pay, 1024 do not
+    assert ridge_module._atoms_pay(2000, 5, 256, 256, 1600, 5, 1)
+    assert not ridge_module._atoms_pay(2000, 5, 1024, 1024, 1600, 5, 1)
 
 
 # ---------------------------------------------------------------- himalaya RidgeCV

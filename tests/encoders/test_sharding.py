@@ -38,10 +38,12 @@ CHILD = textwrap.dedent(
     from brainalign.encoders import ridge
     ridge._compact = lambda *a: True                      # scored through the QR factors
     compact = fit_ridge_cv(Xs, Y, **kw)
+    ridge._atoms_pay = lambda *a: True                    # training products from the atoms
+    atoms = fit_ridge_cv(Xs, Y, **kw)
     shards = shard_targets(np.zeros((4, 24), np.float32), target_mesh()).addressable_shards
     out = {"n_shards": len(shards), "shard_shape": list(shards[0].data.shape),
            "mesh_size": int(target_mesh().devices.size)}
-    for name, fit in (("eight", eight), ("batched", batched), ("compact", compact)):
+    for name, fit in (("eight", eight), ("batched", batched), ("compact", compact), ("atoms", atoms)):
         for field, a, b in zip(one._fields, one, fit):
             out[f"{name}.{field}.maxdiff"] = float(np.abs(a - b).max())
         out[f"{name}.same_alpha"] = float((one.best_alpha == fit.best_alpha).mean())
@@ -63,7 +65,7 @@ def test_eight_fake_devices_shard_the_targets(eight_devices):
     assert eight_devices["n_shards"] == 8 and eight_devices["shard_shape"] == [4, 3]
 
 
-@pytest.mark.parametrize("name", ["eight", "batched", "compact"])
+@pytest.mark.parametrize("name", ["eight", "batched", "compact", "atoms"])
 def test_sharded_fit_equals_one_device(eight_devices, name):
     assert eight_devices[f"{name}.same_alpha"] == 1.0
     for field in ("coef", "intercept", "cv_scores", "best_alpha"):

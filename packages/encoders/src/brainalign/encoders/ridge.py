@@ -27,6 +27,13 @@ measured). The refit on all samples uses the same form with a different penalty 
 ``W = R (B / (s + lam_t))`` with ``R = V`` (primal) or ``Xc' U`` (dual), so weights are never
 formed for unused alphas.
 
+With few features next to training samples (primal form, ``_atoms_pay``), the training-side
+product is not sliced per fold: samples are grouped into *atoms* that belong to the same
+training sets (each validation run, for leave-one-run-out), the within-atom products
+``Xa'Ya`` (centred on the atom's means) are computed once per target batch, and each fold's
+``Xc'Yc`` is their sum over its atoms plus each atom's mean offset from the fold's means, so
+``B = V' Xc'Yc`` costs ``2 p r t`` instead of ``2 n_train r t``.
+
 Flops per fold (``r = min(n_features, n_train)``): ``2 n_train p r`` (Gram) + ``~9 r³``
 (eigendecomposition) + ``2 (n_train + n_val) p r`` (``L``, ``A``) + ``2 n_train r t`` (``B``) +
 ``2 n_alphas n_val r t`` (predictions), or, compact, ``~4 n_val r²`` (QR) + ``2 n_val r t``
@@ -102,6 +109,7 @@ class _Basis(NamedTuple):
     x_mean: jax.Array  # (p,)
     Q: jax.Array | None = None  # (v, r) orthonormal factor of the validation design (compact)
     a_mean: jax.Array | None = None  # (r,) its mean row, before centring (compact, score "r")
+    R: jax.Array | None = None  # (p, r) primal eigenvectors: B = R' Xc'Yc (fold basis, atom products)
 
 
 def _penalties(alphas: jax.Array, s: jax.Array, convention: str, normalize: bool) -> jax.Array:
@@ -171,6 +179,36 @@ def _compact(r: int, n_val: int, n_alphas: int, n_targets: int, platform: str = 
     return saved > slowdown * 4 * n_val * r * r
 
 
+def _train_atoms(folds, n_samples: int):
+    """Samples grouped by the training sets they belong to: ``(atoms, member)`` with ``atoms`` a
+    list of index arrays and ``member (n_folds, n_atoms)`` 0/1, or ``None`` when a training set
+    repeats a sample (then products over atoms would not add up to the fold's)."""
+    member = np.zeros((n_samples, len(folds)), dtype=bool)
+    for k, (tr, _) in enumerate(folds):
+        if np.unique(tr).size != tr.size:
+            return None
+        member[tr, k] = True
+    used = np.flatnonzero(member.any(1))
+    sig, inv = np.unique(member[used], axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    return [used[inv == a] for a in range(len(sig))], sig.T.astype(np.float32)
+
+
+def _atoms_pay(
+    atom_rows: int, n_atoms: int, p: int, r: int, n_train: int, n_folds: int, n_chunks: int
+) -> bool:
+    """Whether forming each fold's ``B = R' Xc'Yc`` from per-atom products beats ``B = L' Yc``.
+
+    Per target and space: ``2 n_folds n_train r`` flops directly, against ``2 atom_rows p`` per
+    fold chunk for the atoms' products (``atom_rows`` their padded rows), ``2 n_folds p r`` for
+    the projections and, per fold, sums over the atoms of ``(p, t)`` products (memory-bound,
+    counted as 4 flops per element). Worth it when features are few next to training samples.
+    """
+    direct = 2 * n_folds * n_train * r
+    atoms = 2 * n_chunks * atom_rows * p + 2 * n_folds * p * r + 4 * n_folds * n_atoms * p
+    return atoms < 0.75 * direct
+
+
 def _fold_basis(
     X,
     tr_idx,
@@ -183,6 +221,7 @@ def _fold_basis(
     method: str,
     compact=False,
     centre=False,
+    atoms=False,
 ) -> _Basis:
     w = tr_w[:, None].astype(X.dtype)
     Xtr = X[tr_idx] * w
@@ -194,15 +233,16 @@ def _fold_basis(
     Xva = (X[va_idx] - x_mean) * va_w[:, None].astype(X.dtype)
     s, L, R = _decompose(Xtr, dual=dual, method=method)
     A = Xva @ R  # padding rows are zero
+    keep = dict(R=R, L=jnp.zeros((0, R.shape[1]), R.dtype)) if atoms else {}  # B from products: no L
     if not compact:
-        return _Basis(s, L, A, x_mean)
+        return _Basis(s, L, A, x_mean)._replace(**keep)
     a_mean = None
     if centre:  # Pearson r compares centred predictions: factor the centred design
         vw = va_w[:, None].astype(X.dtype)
         a_mean = A.sum(0) / va_w.sum().astype(X.dtype)
         A = (A - a_mean) * vw
     Q, Ra = jnp.linalg.qr(A)
-    return _Basis(s, L, Ra, x_mean, Q, a_mean)
+    return _Basis(s, L, Ra, x_mean, Q, a_mean)._replace(**keep)
 
 
 def _full_basis(X, *, fit_intercept: bool, dual: bool, method: str) -> _Basis:
@@ -211,19 +251,21 @@ def _full_basis(X, *, fit_intercept: bool, dual: bool, method: str) -> _Basis:
     return _Basis(s, L, R, x_mean)
 
 
-def _fold_targets(Y, tr_idx, tr_w, va_idx, va_w, *, fit_intercept, score, compact):
+def _fold_targets(Y, tr_idx, tr_w, va_idx, va_w, *, fit_intercept, score, compact, y_mean=None):
     """The Y-side work of one fold, shared by every feature space: centred training targets
     ``(m, t)`` (padding rows zero), their mean ``(t,)``, the validation targets ``(v, t)`` and,
     for compact scoring, the validation residuals the predictions are compared with ``(v, t)``
     (centred on the training mean, or on their own mean for Pearson r; padding rows zero)."""
     w = tr_w[:, None].astype(Y.dtype)
-    Ytr = Y[tr_idx]
-    if fit_intercept:
+    if y_mean is not None:  # training-side products come from the atoms (see _atom_products)
+        Ytr = None
+    elif fit_intercept:
+        Ytr = Y[tr_idx]
         y_mean = (Ytr * w).sum(0) / tr_w.sum().astype(Y.dtype)
         Ytr = (Ytr - y_mean) * w
     else:
         y_mean = jnp.zeros(Y.shape[1], Y.dtype)
-        Ytr = Ytr * w
+        Ytr = Y[tr_idx] * w
     Yva = Y[va_idx]
     if not compact:
         return Ytr, y_mean, Yva, None
@@ -245,7 +287,7 @@ def _triangular_predictions(Ra, inv, B):
         yield lo, hi, (As @ B[lo:]).reshape(n_alphas, hi - lo, -1)
 
 
-def _fold_scores(basis: _Basis, targets, va_w, alphas, *, score, convention, normalize):
+def _fold_scores(basis: _Basis, B, targets, va_w, alphas, *, score, convention, normalize):
     """Validation scores ``(n_alphas, t)`` of one fold and one feature space.
 
     Direct form: the predictions of every alpha are one matmul ``(n_alphas * n_val, r) x (r, t)``.
@@ -255,9 +297,8 @@ def _fold_scores(basis: _Basis, targets, va_w, alphas, *, score, convention, nor
     ``||yc - A D B||² = ||yc||² - ||z||² + ||z - Ra D B||²``, computed in row blocks of the
     triangular ``Ra`` (about ``n_alphas * r² / 2`` multiply-adds per target).
     """
-    Ytr, y_mean, Yva, yc = targets
-    B = basis.L.T @ Ytr  # (r, t)
-    lams = _penalties(alphas, basis.s, convention, normalize).astype(Ytr.dtype)
+    _, y_mean, Yva, yc = targets
+    lams = _penalties(alphas, basis.s, convention, normalize).astype(Yva.dtype)
     n_alphas, (rows, r) = lams.shape[0], basis.A.shape
     inv = 1.0 / (basis.s[None, :] + lams[:, None])  # (n_alphas, r)
     if basis.Q is None:
@@ -272,7 +313,7 @@ def _fold_scores(basis: _Basis, targets, va_w, alphas, *, score, convention, nor
         for lo, hi, P in blocks:
             sab = sab + (z[lo:hi] * P).sum(-2)
             sbb = sbb + (P * P).sum(-2)
-        n = jnp.maximum(va_w.sum(), 1.0).astype(Ytr.dtype)
+        n = jnp.maximum(va_w.sum(), 1.0).astype(Yva.dtype)
         mean_pred = (basis.a_mean * inv) @ B + y_mean  # (n_alphas, t)
         return pearson_from_sums(Yva, sab, sbb, sbb + n * mean_pred**2, va_w)
     outside = jnp.maximum((yc * yc).sum(0) - (z * z).sum(0), 0.0)  # the part of yc no prediction reaches
@@ -280,8 +321,43 @@ def _fold_scores(basis: _Basis, targets, va_w, alphas, *, score, convention, nor
     for lo, hi, P in blocks:
         sse = sse + ((z[lo:hi] - P) ** 2).sum(-2)
     if score == "neg_mse":
-        return -sse / jnp.maximum(va_w.sum(), 1.0).astype(Ytr.dtype)
+        return -sse / jnp.maximum(va_w.sum(), 1.0).astype(Yva.dtype)
     return r2_from_sse(Yva, sse, va_w)
+
+
+def _atom_products(X, Y, atom_idx, atom_w, *, fit_intercept):
+    """Per-atom products of the designs and targets, for forming every fold's ``Xc'Yc``.
+
+    An atom is a set of samples that belong to the same training sets (for leave-one-run-out
+    and contiguous folds: each validation block). Returns the atoms' sample counts ``(a,)``,
+    their means ``mu (S, a, p)`` and ``nu (a, t)`` and their within-atom products
+    ``P (S, a, p, t)`` (centred on the atom's own means with an intercept; raw without).
+    """
+    w = atom_w[..., None].astype(Y.dtype)  # (a, m, 1); padding rows weigh 0
+    cnt = jnp.maximum(atom_w.sum(1), 1.0).astype(Y.dtype)
+    Ya = Y[atom_idx] * w  # (a, m, t)
+    Xa = X[:, atom_idx] * w  # (S, a, m, p)
+    nu = Ya.sum(1) / cnt[:, None]
+    mu = Xa.sum(2) / cnt[None, :, None]
+    if fit_intercept:
+        Ya = (Ya - nu[:, None]) * w
+        Xa = (Xa - mu[:, :, None]) * w
+    return cnt, mu, nu, jnp.einsum("samp,amt->sapt", Xa, Ya)
+
+
+def _atom_fold(products, member, x_mean, *, fit_intercept):
+    """A fold's ``Xc'Yc (S, p, t)`` and training-target mean ``(t,)`` from the products of the
+    atoms it trains on (``member (a,)`` 0/1): the within-atom products plus, with an intercept,
+    each atom's mean offset from the fold's means (exact, whatever those means are)."""
+    cnt, mu, nu, P = products
+    cm = member.astype(P.dtype) * cnt
+    S = jnp.einsum("a,sapt->spt", member.astype(P.dtype), P)
+    if not fit_intercept:
+        return S, jnp.zeros(P.shape[-1], P.dtype)
+    y_mean = cm @ nu / cm.sum()
+    dx = mu - x_mean[:, None, :]  # (S, a, p)
+    S = S + jnp.einsum("sap,at->spt", dx * cm[None, :, None], nu - y_mean)
+    return S, y_mean
 
 
 def _refit(basis: _Basis, Y, best_alpha, *, fit_intercept, convention, normalize):
@@ -311,6 +387,7 @@ def _programs(
     normalize: bool,
     options: tuple = (),
     compact: bool = False,
+    atoms: bool = False,
 ) -> _Programs:
     """The four compiled programs of one problem configuration, sharded over ``mesh``.
 
@@ -326,6 +403,7 @@ def _programs(
         method=method,
         compact=compact,
         centre=score == "r",
+        atoms=atoms,
     )
 
     def fold_bases(X, tr_idx, tr_w, va_idx, va_w):
@@ -340,15 +418,25 @@ def _programs(
     targets_fn = partial(_fold_targets, fit_intercept=fit_intercept, score=score, compact=compact)
     scores = jax.vmap(  # over feature spaces; the fold's targets are shared
         partial(_fold_scores, score=score, convention=convention, normalize=normalize),
-        in_axes=(0, None, None, None),
+        in_axes=(0, 0, None, None, None),
     )
 
-    def cv_step(bases, Y, acc, tr_idx, tr_w, va_idx, va_w, fold_w, alphas):
-        def body(acc, f):
-            basis, ti, tw, vi, vw, fw = f
-            return acc + fw * scores(basis, targets_fn(Y, ti, tw, vi, vw), vw, alphas), None
+    def cv_step(bases, X, Y, acc, tr_idx, tr_w, va_idx, va_w, fold_w, alphas, atom_idx, atom_w, member):
+        products = _atom_products(X, Y, atom_idx, atom_w, fit_intercept=fit_intercept) if atoms else None
 
-        return jax.lax.scan(body, acc, (bases, tr_idx, tr_w, va_idx, va_w, fold_w))[0]
+        def body(acc, f):
+            basis, ti, tw, vi, vw, fw, m = f
+            if atoms:  # B = R' Xc'Yc from the atoms' products: no training slice of Y
+                S, y_mean = _atom_fold(products, m, basis.x_mean, fit_intercept=fit_intercept)
+                targets = targets_fn(Y, ti, tw, vi, vw, y_mean=y_mean)
+                B = jnp.einsum("spr,spt->srt", basis.R, S)
+            else:
+                targets = targets_fn(Y, ti, tw, vi, vw)
+                B = jnp.einsum("smr,mt->srt", basis.L, targets[0])
+            return acc + fw * scores(basis, B, targets, vw, alphas), None
+
+        xs = (bases, tr_idx, tr_w, va_idx, va_w, fold_w, member)
+        return jax.lax.scan(body, acc, xs)[0]
 
     refit = jax.vmap(
         partial(_refit, fit_intercept=fit_intercept, convention=convention, normalize=normalize),
@@ -366,7 +454,7 @@ def _programs(
     return _Programs(
         fold_bases=jit(smap(fold_bases, in_specs=rep, out_specs=rep)),
         full_basis=jit(smap(full_basis, in_specs=rep, out_specs=rep)),
-        cv_step=jit(smap(cv_step, in_specs=(rep, t2, t3, rep, rep, rep, rep, rep, rep), out_specs=t3)),
+        cv_step=jit(smap(cv_step, in_specs=(rep, rep, t2, t3, *[rep] * 9), out_specs=t3)),
         select_refit=jit(smap(select_refit, in_specs=(rep, t2, t3, rep, rep), out_specs=(t3, t2, t2, t3))),
     )
 
@@ -420,6 +508,7 @@ def _plan(
     n_devices=1,
     wide_decomposition=False,
     platform=None,
+    atoms=None,
 ) -> _Plan:
     budget = default_memory_budget() if memory_budget is None else int(memory_budget)
     if budget <= 0:
@@ -445,6 +534,10 @@ def _plan(
     per_target = itemsize * (
         n_samples + n_train + n_val + S * (3 * r + p + 2 * n_alphas * n_val + 4 * n_alphas + 2)
     )
+    if atoms is not None:  # (n_atoms, rows): their slices of Y, products and a fold's sum of them
+        n_atoms, rows = atoms
+        per_fold += itemsize * S * p * r
+        per_target += itemsize * (n_atoms * rows + S * (n_atoms + 1) * p)
     fold_chunk = int(min(n_folds, max(1, (budget // 2 - base) // max(per_fold, 1))))
     room = budget - base - fold_chunk * per_fold
     if room < 2 * per_target:
@@ -581,21 +674,39 @@ def fit_ridge_cv(
     dual = p > n_train
     platform = mesh.devices.flat[0].platform
     compact = _compact(min(p, n_train), n_val, alphas_np.size, -(-n_targets // n_dev), platform)
-    plan = _plan(
-        n_spaces=n_spaces,
-        n_samples=n,
-        n_features=p,
-        n_train=n_train,
-        n_val=n_val,
-        n_alphas=alphas_np.size,
-        n_folds=n_folds,
-        n_targets=n_targets,
-        itemsize=dtype.itemsize,
-        memory_budget=memory_budget,
-        n_devices=n_dev,
-        wide_decomposition=method == "eigh64",
-        platform=platform,
-    )
+    found = None if dual else _train_atoms(folds, n)
+
+    def plan_for(atoms):
+        return _plan(
+            n_spaces=n_spaces,
+            n_samples=n,
+            n_features=p,
+            n_train=n_train,
+            n_val=n_val,
+            n_alphas=alphas_np.size,
+            n_folds=n_folds,
+            n_targets=n_targets,
+            itemsize=dtype.itemsize,
+            memory_budget=memory_budget,
+            n_devices=n_dev,
+            wide_decomposition=method == "eigh64",
+            platform=platform,
+            atoms=atoms,
+        )
+
+    atoms = None
+    if found is not None:
+        atom_idx, atom_w = _pad_index_sets(found[0])
+        plan = plan_for(atom_idx.shape)
+        n_chunks = -(-n_folds // plan.fold_chunk)
+        if _atoms_pay(atom_idx.size, len(found[0]), p, p, n_train, n_folds, n_chunks):
+            atoms = found
+    if atoms is None:
+        plan = plan_for(None)
+        atom_idx, atom_w = np.zeros((1, 1), np.int32), np.zeros((1, 1), np.float32)
+        member = np.zeros((n_folds, 1), np.float32)
+    else:
+        member = atoms[1]
     if batch_size is None:
         bs = plan.batch_size
     else:  # rounded up to a multiple of the device count so every device gets equal columns
@@ -613,6 +724,7 @@ def fit_ridge_cv(
         normalize=bool(normalize_alpha),
         options=compiler_options(platform),
         compact=compact,
+        atoms=atoms is not None,
     )
 
     def y_batch(b: int) -> jax.Array:
@@ -629,7 +741,7 @@ def fit_ridge_cv(
         ks = np.arange(c * chunk, (c + 1) * chunk)
         fw = (ks < n_folds).astype(dtype)
         ks = np.where(ks < n_folds, ks, 0)
-        return tr_idx[ks], tr_w[ks], va_idx[ks], va_w[ks], fw
+        return tr_idx[ks], tr_w[ks], va_idx[ks], va_w[ks], fw, member[ks]
 
     coef = np.empty((n_spaces, p, n_targets), dtype=dtype)
     intercept = np.empty((n_spaces, n_targets), dtype=dtype)
@@ -644,18 +756,21 @@ def fit_ridge_cv(
     with jax.default_matmul_precision(precision):
         Xj = replicate(Xs, mesh)
         alphas_j = replicate(alphas_np.astype(dtype), mesh)
+        atom_idx_j, atom_w_j = replicate(atom_idx, mesh), replicate(atom_w.astype(dtype), mesh)
         inv_n = replicate(np.asarray(1.0 / n_folds, dtype=dtype), mesh)
         acc0 = np.zeros((n_spaces, alphas_np.size, bs), dtype=dtype)
         accs = [shard_targets(acc0, mesh) for _ in range(n_batches)]
         y_cache = {}
         for c in range(n_chunks):
-            ti, tw, vi, vw, fw = (replicate(a, mesh) for a in fold_chunk(c))
+            ti, tw, vi, vw, fw, mc = (replicate(a, mesh) for a in fold_chunk(c))
             bases = progs.fold_bases(Xj, ti, tw, vi, vw)
             for b in range(n_batches):
                 Yb = y_cache[b] if b in y_cache else y_batch(b)
                 if n_batches == 1:  # one batch: upload Y once for every chunk and the refit
                     y_cache[b] = Yb
-                accs[b] = progs.cv_step(bases, Yb, accs[b], ti, tw, vi, vw, fw, alphas_j)
+                accs[b] = progs.cv_step(
+                    bases, Xj, Yb, accs[b], ti, tw, vi, vw, fw, alphas_j, atom_idx_j, atom_w_j, mc
+                )
                 if b > 0:  # at most two batches in flight, as the memory plan assumes
                     accs[b - 1].block_until_ready()
             del bases
