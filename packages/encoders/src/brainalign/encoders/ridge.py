@@ -573,7 +573,10 @@ def target_batch_size(
     Fixed cost per device: the designs, the decompositions of the full data and of as many
     folds as fit in half the budget. Per-target cost: the batch of Y and its slices, ``B``, the
     validation predictions of every alpha, scores and accumulators, and the refitted weights.
-    Raises ``ValueError`` (naming ``memory_budget``) when not even one target fits.
+    A fit that forms its training products from atoms (few features; see the module notes)
+    also holds ``(n_atoms + 1) * n_features`` values per target and space, so its batches are
+    at most this size. Raises ``ValueError`` (naming ``memory_budget``) when not even one target
+    fits.
     """
     return _plan(
         n_spaces=n_spaces,
