@@ -20,12 +20,12 @@ shape ``(n_alphas * n_val, r) x (r, n_targets)``, with no weights formed. When t
 components than validation samples (PCA-reduced features, leave-one-run-out folds), the fold's
 basis also holds the QR factors ``A = Q Ra``: every prediction lies in the span of ``Q``, so
 with ``z = Q' yc`` (``yc`` the centred validation targets) the squared error of every alpha is
-``||yc||² - ||z||² + ||z - Ra D B||²`` (Pearson r likewise from ``z`` and ``Ra D B``), with
-``Ra`` triangular, so row blocks of it need about half the ``n_alphas r² t`` multiply-adds of a
-full product, instead of ``n_alphas n_val r t`` (see ``_compact`` for when the QR pays for itself: on CPU, where that was
-measured). The refit on all samples uses the same form with a different penalty per target:
-``W = R (B / (s + lam_t))`` with ``R = V`` (primal) or ``Xc' U`` (dual), so weights are never
-formed for unused alphas.
+``||yc||² - ||z||² + ||z - Ra D B||²`` (Pearson r likewise from ``z`` and ``Ra D B``). ``Ra``
+is triangular, so its row blocks need about half the ``n_alphas r² t`` multiply-adds of a full
+product, instead of ``n_alphas n_val r t`` (see ``_compact`` for when the QR pays for itself, on
+CPU, where that was measured). The refit on all samples uses the same form with a different
+penalty per target: ``W = R (B / (s + lam_t))`` with ``R = V`` (primal) or ``Xc' U`` (dual), so
+weights are never formed for unused alphas.
 
 With few features next to training samples (primal form, ``_atoms_pay``), the training-side
 product is not sliced per fold: samples are grouped into *atoms* that belong to the same
@@ -255,7 +255,8 @@ def _fold_targets(Y, tr_idx, tr_w, va_idx, va_w, *, fit_intercept, score, compac
     """The Y-side work of one fold, shared by every feature space: centred training targets
     ``(m, t)`` (padding rows zero), their mean ``(t,)``, the validation targets ``(v, t)`` and,
     for compact scoring, the validation residuals the predictions are compared with ``(v, t)``
-    (centred on the training mean, or on their own mean for Pearson r; padding rows zero)."""
+    (centred on the training mean, or on their own mean for Pearson r; padding rows zero).
+    Given ``y_mean`` (training products from atoms), the training slice is not formed (``None``)."""
     w = tr_w[:, None].astype(Y.dtype)
     if y_mean is not None:  # training-side products come from the atoms (see _atom_products)
         Ytr = None
@@ -525,9 +526,8 @@ def _plan(
     per_fold = itemsize * S * (n_train * r + n_val * r + r + p + (n_train + n_val) * p)
     per_fold += dec_item * S * 2 * r**2
     platform = jax.default_backend() if platform is None else platform
-    if _compact(
-        r, n_val, n_alphas, -(-n_targets // n_devices), platform
-    ):  # QR factors of the validation design
+    compact = _compact(r, n_val, n_alphas, -(-n_targets // n_devices), platform)
+    if compact:  # QR factors of the validation design
         per_fold += itemsize * S * (n_val * r + r * r + r)
     # per target and device: the Y batch, its training/validation slices, B, the predictions
     # of every alpha (and a fused temporary), scores and accumulators, the refitted weights
