@@ -22,7 +22,8 @@ compiling call is reported separately; every time is end to end, host arrays in 
 5. 16 feature spaces in one batched call vs 16 sequential calls (the CPU benchmark's matmul-
    and overhead-bound shapes).
 
-Run on a GPU machine (about 3 minutes on an H100; ``--budget-s`` stops further repeats)::
+Run on a GPU machine (repeats stop once ``--budget-s``, 300 s by default, is spent; the first
+calls compile)::
 
     uv run --locked python benchmarks/bench_ridge_gpu.py [--save DIR] [--no-write]
 
